@@ -1,0 +1,22 @@
+//! headroom-scaler: a KEDA external scaler for queue-driven (GPU) workloads.
+//!
+//! KEDA sends each trigger's metadata with every call; the scaler parses it into a
+//! [`trigger::Trigger`], reads the queue it names through [`observations::Observations`] (one
+//! read per queue per TTL, however many triggers and calls), and answers what KEDA's built-in
+//! scaler of the same kind would answer. [`push::PushHub`] turns `StreamIsActive` into an
+//! activation within milliseconds of work landing in an empty queue.
+//!
+//! Layering: [`sources`] know their queues and nothing of gRPC or KEDA; [`service`] knows the
+//! protocol; [`server`] wires the process together.
+
+pub mod check;
+pub mod cli;
+pub mod error;
+pub mod metadata;
+pub mod metrics;
+pub mod observations;
+pub mod push;
+pub mod server;
+pub mod service;
+pub mod sources;
+pub mod trigger;

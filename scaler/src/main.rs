@@ -1,0 +1,107 @@
+//! `headroom-scaler`: parse configuration, set up logs and metrics, run until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use headroom_scaler::cli::{Cli, Command, EXIT_CONFIG, init_tracing};
+use headroom_scaler::{check, metrics, server};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if let Err(e) = init_tracing(cli.log_format, &cli.log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Check(args) => match check::run(&args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG as u8)
+            }
+        },
+    }
+}
+
+async fn serve(args: server::ServeArgs) -> ExitCode {
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let handle = match metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(metrics::LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.idle_timeout(
+                metrics_util::MetricKindMask::GAUGE,
+                Some(std::time::Duration::from_secs(600)),
+            )
+            .install_recorder()
+        }) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: cannot install the metrics recorder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    metrics::describe();
+    let running = match server::start(config, Some(handle)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    running.shutdown();
+    match running.wait().await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

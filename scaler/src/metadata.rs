@@ -1,0 +1,475 @@
+//! Trigger metadata as KEDA sends it, read with KEDA's parsing rules.
+//!
+//! KEDA forwards every key of a trigger's `metadata` verbatim, and a `<key>FromEnv` key arrives
+//! with the value already resolved from the scale target's environment. The rules here are KEDA's
+//! own: values are trimmed and an empty value counts as missing; integers must be integers
+//! (`"5.0"` is an error); booleans are Go's `strconv.ParseBool` set.
+//!
+//! Unlike KEDA, a key that no part of Headroom reads is an error: a misspelt `listLenght` would
+//! otherwise silently scale on the default.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// Keys KEDA itself reads from an `external` / `external-push` trigger (the connection to the
+/// scaler). They reach the scaler too and are accepted without meaning anything to it — except
+/// `enableTLS` and `unsafeSsl`, which the Redis sources also read (see their docs).
+pub const KEDA_EXTERNAL_KEYS: &[&str] = &[
+    "scalerAddress",
+    "caCert",
+    "tlsCertFile",
+    "tlsClientCert",
+    "tlsClientKey",
+    "enableTLS",
+    "unsafeSsl",
+];
+
+/// Suffix of keys whose value KEDA resolved from the workload's environment.
+pub const FROM_ENV: &str = "FromEnv";
+
+/// Whether a key carries a secret: its value never appears in an error or a log line.
+pub fn is_secret_key(key: &str) -> bool {
+    let base = key.strip_suffix(FROM_ENV).unwrap_or(key);
+    let lower = base.to_ascii_lowercase();
+    lower.contains("password") || lower.contains("secret") || lower == "url" || lower == "address"
+}
+
+/// One problem with one key of a trigger's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A required key is absent (or empty).
+    Missing { key: String },
+    /// A value could not be read as the type the key needs.
+    Invalid {
+        key: String,
+        /// The offending value, or `None` when the key holds a secret.
+        value: Option<String>,
+        expected: String,
+    },
+    /// A key that nothing reads.
+    Unknown { key: String, hint: Option<String> },
+    /// Keys that cannot be given together, or a rule across keys.
+    Conflict { keys: Vec<String>, reason: String },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Missing { key } => write!(f, "missing required key `{key}`"),
+            Problem::Invalid {
+                key,
+                value: Some(value),
+                expected,
+            } => write!(f, "key `{key}`: {value:?} is not {expected}"),
+            Problem::Invalid {
+                key,
+                value: None,
+                expected,
+            } => write!(f, "key `{key}`: value (hidden) is not {expected}"),
+            Problem::Unknown { key, hint: None } => write!(f, "unknown key `{key}`"),
+            Problem::Unknown {
+                key,
+                hint: Some(hint),
+            } => write!(f, "unknown key `{key}` ({hint})"),
+            Problem::Conflict { keys, reason } => {
+                let keys: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+                write!(f, "keys {}: {reason}", keys.join(", "))
+            }
+        }
+    }
+}
+
+/// Everything wrong with a trigger's metadata, reported at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct MetadataError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for MetadataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid trigger metadata: ")?;
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl MetadataError {
+    pub fn one(problem: Problem) -> Self {
+        Self {
+            problems: vec![problem],
+        }
+    }
+
+    /// The keys named by the problems, for tests and `check`.
+    pub fn keys(&self) -> Vec<&str> {
+        self.problems
+            .iter()
+            .flat_map(|p| match p {
+                Problem::Missing { key }
+                | Problem::Invalid { key, .. }
+                | Problem::Unknown { key, .. } => vec![key.as_str()],
+                Problem::Conflict { keys, .. } => keys.iter().map(String::as_str).collect(),
+            })
+            .collect()
+    }
+}
+
+/// A reader over one trigger's metadata that records every problem instead of stopping at the
+/// first, and remembers which keys were read so that the rest can be reported as unknown.
+///
+/// Getters return `None` (or the default) after recording a problem, so a parser can go on and
+/// find the next one; [`Reader::finish`] turns the record into the result.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    /// Trimmed, non-empty values by key.
+    values: BTreeMap<&'a str, &'a str>,
+    read: Vec<&'a str>,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(metadata: &'a HashMap<String, String>) -> Self {
+        let values = metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.trim()))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        Self {
+            values,
+            read: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn problem(&mut self, problem: Problem) {
+        self.problems.push(problem);
+    }
+
+    pub fn has_problems(&self) -> bool {
+        !self.problems.is_empty()
+    }
+
+    fn mark(&mut self, key: &'a str) {
+        if !self.read.contains(&key) {
+            self.read.push(key);
+        }
+    }
+
+    /// The raw value of `key` or of `<key>FromEnv`, trimmed; `None` when both are absent or empty.
+    /// Both at once is a conflict: which one wins would be a guess.
+    pub fn raw(&mut self, key: &str) -> Option<(&'a str, &'a str)> {
+        let plain = self.values.get_key_value(key).map(|(k, v)| (*k, *v));
+        let env_key = format!("{key}{FROM_ENV}");
+        let from_env = self
+            .values
+            .get_key_value(env_key.as_str())
+            .map(|(k, v)| (*k, *v));
+        if let Some((k, _)) = plain {
+            self.mark(k);
+        }
+        if let Some((k, _)) = from_env {
+            self.mark(k);
+        }
+        match (plain, from_env) {
+            (Some(p), Some(_)) => {
+                self.problem(Problem::Conflict {
+                    keys: vec![key.to_string(), env_key],
+                    reason: "give one or the other".into(),
+                });
+                Some(p)
+            }
+            (p, e) => p.or(e),
+        }
+    }
+
+    /// Whether `key` (or its `FromEnv` form) is present, without reading it.
+    pub fn contains(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+            || self
+                .values
+                .contains_key(format!("{key}{FROM_ENV}").as_str())
+    }
+
+    pub fn string(&mut self, key: &str) -> Option<String> {
+        self.raw(key).map(|(_, v)| v.to_string())
+    }
+
+    pub fn required_string(&mut self, key: &str) -> Option<String> {
+        let v = self.string(key);
+        if v.is_none() {
+            self.problem(Problem::Missing { key: key.into() });
+        }
+        v
+    }
+
+    fn invalid(&mut self, key: &str, value: &str, expected: &str) {
+        let value = (!is_secret_key(key)).then(|| value.to_string());
+        self.problem(Problem::Invalid {
+            key: key.into(),
+            value,
+            expected: expected.into(),
+        });
+    }
+
+    /// A Go-`ParseInt`-style integer: optional sign, decimal digits, nothing else.
+    pub fn int<T: std::str::FromStr + Copy>(&mut self, key: &str, default: T) -> T {
+        match self.raw(key) {
+            None => default,
+            Some((k, v)) => match parse_int::<T>(v) {
+                Some(n) => n,
+                None => {
+                    self.invalid(k, v, "an integer");
+                    default
+                }
+            },
+        }
+    }
+
+    /// An integer that must be at least `min`.
+    pub fn int_at_least(&mut self, key: &str, default: i64, min: i64) -> i64 {
+        let n = self.int(key, default);
+        if n < min {
+            self.problem(Problem::Invalid {
+                key: key.into(),
+                value: Some(n.to_string()),
+                expected: format!("an integer ≥ {min}"),
+            });
+            return default;
+        }
+        n
+    }
+
+    /// A decimal number (Go `ParseFloat`): finite; used where KEDA accepts floats.
+    pub fn float(&mut self, key: &str, default: f64) -> f64 {
+        match self.raw(key) {
+            None => default,
+            Some((k, v)) => match v.parse::<f64>() {
+                Ok(n) if n.is_finite() => n,
+                _ => {
+                    self.invalid(k, v, "a number");
+                    default
+                }
+            },
+        }
+    }
+
+    /// A Go `strconv.ParseBool` boolean.
+    pub fn bool(&mut self, key: &str, default: bool) -> bool {
+        match self.raw(key) {
+            None => default,
+            Some((k, v)) => match parse_bool(v) {
+                Some(b) => b,
+                None => {
+                    self.invalid(k, v, "a boolean (true or false)");
+                    default
+                }
+            },
+        }
+    }
+
+    /// Marks a key as understood without reading it (keys KEDA reads for itself).
+    pub fn accept(&mut self, key: &str) {
+        let found = self.values.get_key_value(key).map(|(k, _)| *k);
+        if let Some(k) = found {
+            self.mark(k);
+        }
+        let env_key = format!("{key}{FROM_ENV}");
+        let found = self.values.get_key_value(env_key.as_str()).map(|(k, _)| *k);
+        if let Some(k) = found {
+            self.mark(k);
+        }
+    }
+
+    /// The problems recorded so far, without judging unread keys.
+    pub fn into_error(self) -> MetadataError {
+        MetadataError {
+            problems: self.problems,
+        }
+    }
+
+    /// Reports every key that nothing read, with a hint when it is a key of another source, then
+    /// returns all problems at once.
+    pub fn finish(
+        mut self,
+        other_keys: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), MetadataError> {
+        for key in KEDA_EXTERNAL_KEYS {
+            self.accept(key);
+        }
+        let unknown: Vec<&str> = self
+            .values
+            .keys()
+            .copied()
+            .filter(|k| !self.read.contains(k))
+            .collect();
+        for key in unknown {
+            let base = key.strip_suffix(FROM_ENV).unwrap_or(key);
+            self.problems.push(Problem::Unknown {
+                key: key.into(),
+                hint: other_keys(base),
+            });
+        }
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(MetadataError {
+                problems: self.problems,
+            })
+        }
+    }
+}
+
+/// Go's `strconv.ParseInt(s, 10, _)`: an optional sign then ASCII digits.
+pub fn parse_int<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Go's `strconv.ParseBool`.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// KEDA's metric name normalisation, made total: lower case, and every byte that is not an
+/// ASCII letter, digit, `-` or `_` becomes `-` (KEDA replaces `/ . : % ( )` and spaces; other
+/// bytes would give the HPA a name it cannot serve).
+pub fn normalize_metric_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' | '_' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn integers_follow_go_parse_int() {
+        for (s, want) in [
+            ("5", Some(5i64)),
+            (" 7 ", None), // trimming happens in the reader, not here
+            ("-3", Some(-3)),
+            ("+4", Some(4)),
+            ("5.0", None),
+            ("AA", None),
+            ("", None),
+            ("-", None),
+            ("1e3", None),
+            ("99999999999999999999", None),
+        ] {
+            assert_eq!(parse_int::<i64>(s), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn booleans_follow_go_parse_bool() {
+        for s in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(parse_bool(s), Some(true));
+        }
+        for s in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(parse_bool(s), Some(false));
+        }
+        for s in ["yes", "on", "tRUE", "2", ""] {
+            assert_eq!(parse_bool(s), None, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn values_are_trimmed_and_empty_counts_as_missing() {
+        let m = md(&[("a", " 12 "), ("b", "   ")]);
+        let mut r = Reader::new(&m);
+        assert_eq!(r.int("a", 0i64), 12);
+        assert_eq!(r.int("b", 9i64), 9);
+        assert!(r.finish(&|_| None).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_and_names_its_key() {
+        let m = md(&[
+            ("listLength", "5.0"),
+            ("enableTLS", "yes"),
+            ("listLenght", "3"),
+        ]);
+        let mut r = Reader::new(&m);
+        r.int("listLength", 5i64);
+        r.bool("enableTLS", false);
+        r.required_string("listName");
+        let err = r.finish(&|_| None).unwrap_err();
+        assert_eq!(
+            err.keys(),
+            vec!["listLength", "enableTLS", "listName", "listLenght"]
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("`listLength`: \"5.0\" is not an integer"),
+            "{text}"
+        );
+        assert!(text.contains("unknown key `listLenght`"), "{text}");
+    }
+
+    #[test]
+    fn from_env_form_is_read_and_both_forms_conflict() {
+        let m = md(&[("passwordFromEnv", "s3cret")]);
+        let mut r = Reader::new(&m);
+        assert_eq!(r.string("password").as_deref(), Some("s3cret"));
+        assert!(r.finish(&|_| None).is_ok());
+
+        let m = md(&[("password", "a"), ("passwordFromEnv", "b")]);
+        let mut r = Reader::new(&m);
+        r.string("password");
+        let err = r.finish(&|_| None).unwrap_err();
+        assert_eq!(err.keys(), vec!["password", "passwordFromEnv"]);
+    }
+
+    #[test]
+    fn secret_values_never_appear_in_errors() {
+        let m = md(&[("passwordFromEnv", "hunter2")]);
+        let mut r = Reader::new(&m);
+        r.int("password", 0i64);
+        let err = r.finish(&|_| None).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn keda_connection_keys_are_accepted() {
+        let m = md(&[
+            ("scalerAddress", "x:1"),
+            ("caCert", "/ca"),
+            ("tlsCertFile", "/c"),
+        ]);
+        assert!(Reader::new(&m).finish(&|_| None).is_ok());
+    }
+
+    #[test]
+    fn metric_names_are_normalised_like_keda() {
+        assert_eq!(
+            normalize_metric_name("redis-My.List/a:b%c(d) e"),
+            "redis-my-list-a-b-c-d--e"
+        );
+        assert_eq!(normalize_metric_name("celery-gpu_a10g"), "celery-gpu_a10g");
+        assert_eq!(normalize_metric_name("q\u{6}\u{16}9é"), "q--9-");
+    }
+}

@@ -1,0 +1,157 @@
+//! One read per queue: readings keyed by [`Query`] (endpoint + queue set + read options),
+//! concurrent requests for the same query coalesced into one backend round trip, and the result
+//! served for a short TTL so that the `GetMetrics` and `IsActive` of one KEDA poll agree and a
+//! thousand triggers on one queue cost one read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::metrics;
+use crate::sources::{Backends, Depth, Query, SourceError};
+
+/// The last reading of one query.
+#[derive(Debug, Clone)]
+struct Reading {
+    /// When the read started: a reading answers for the state at or after this instant.
+    started: Instant,
+    result: Result<Depth, SourceError>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Held while reading, so concurrent askers wait for the read in progress instead of
+    /// starting their own.
+    reading: tokio::sync::Mutex<Option<Reading>>,
+    /// Milliseconds since [`Observations::epoch`] of the last use, for eviction.
+    last_used: AtomicU64,
+}
+
+/// The observation cache.
+#[derive(Debug)]
+pub struct Observations {
+    backends: Arc<Backends>,
+    ttl: Duration,
+    timeout: Duration,
+    epoch: Instant,
+    slots: Mutex<HashMap<Query, Arc<Slot>>>,
+}
+
+impl Observations {
+    /// `ttl` is how long a reading answers (zero: every call reads, with no coalescing — the
+    /// naive baseline the benchmark compares against); `timeout` bounds every backend read.
+    pub fn new(backends: Arc<Backends>, ttl: Duration, timeout: Duration) -> Self {
+        Self {
+            backends,
+            ttl,
+            timeout,
+            epoch: Instant::now(),
+            slots: Mutex::default(),
+        }
+    }
+
+    pub fn backends(&self) -> &Arc<Backends> {
+        &self.backends
+    }
+
+    /// A reading no older than the TTL.
+    pub async fn get(&self, query: &Query) -> Result<Depth, SourceError> {
+        if self.ttl.is_zero() {
+            return self.read(query).await;
+        }
+        let slot = self.slot(query);
+        let mut reading = slot.reading.lock().await;
+        if let Some(r) = reading.as_ref().filter(|r| r.started.elapsed() < self.ttl) {
+            metrics::observation_served(query.kind(), true);
+            return r.result.clone();
+        }
+        metrics::observation_served(query.kind(), false);
+        let started = Instant::now();
+        let result = self.read(query).await;
+        *reading = Some(Reading {
+            started,
+            result: result.clone(),
+        });
+        result
+    }
+
+    /// A reading that started after this call: for push activation, which must not act on a
+    /// reading taken before the event it reacts to. Concurrent fresh reads still coalesce.
+    pub async fn fresh(&self, query: &Query) -> Result<Depth, SourceError> {
+        let asked = Instant::now();
+        if self.ttl.is_zero() {
+            return self.read(query).await;
+        }
+        let slot = self.slot(query);
+        let mut reading = slot.reading.lock().await;
+        if let Some(r) = reading.as_ref().filter(|r| r.started >= asked) {
+            return r.result.clone();
+        }
+        let started = Instant::now();
+        let result = self.read(query).await;
+        *reading = Some(Reading {
+            started,
+            result: result.clone(),
+        });
+        result
+    }
+
+    fn slot(&self, query: &Query) -> Arc<Slot> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = match slots.get(query) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(Slot::default());
+                slots.insert(query.clone(), s.clone());
+                s
+            }
+        };
+        slot.last_used.store(now, Ordering::Relaxed);
+        slot
+    }
+
+    async fn read(&self, query: &Query) -> Result<Depth, SourceError> {
+        let kind = query.kind();
+        let start = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, query.read(&self.backends)).await {
+            Ok(r) => r,
+            Err(_) => Err(SourceError::Timeout {
+                endpoint: query.endpoint_label(),
+                after: self.timeout,
+            }),
+        };
+        metrics::backend_read(kind, start.elapsed(), result.as_ref().err());
+        result
+    }
+
+    /// Forgets queries nobody asked about for `idle`, so 10 000 short-lived triggers do not
+    /// stay in memory.
+    pub fn sweep(&self, idle: Duration) -> usize {
+        let cutoff = self.epoch.elapsed().saturating_sub(idle).as_millis() as u64;
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = slots.len();
+        slots.retain(|_, s| {
+            Arc::strong_count(s) > 1 || s.last_used.load(Ordering::Relaxed) >= cutoff
+        });
+        before - slots.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,436 @@
+//! `headroom-scaler serve`: the gRPC server KEDA calls, its health service, the metrics and
+//! probe endpoints, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use headroom_proto::externalscaler::external_scaler_server::ExternalScalerServer;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::observations::Observations;
+use crate::push::{PushHub, PushSettings};
+use crate::service::Scaler;
+use crate::sources::Backends;
+use crate::sources::redis_conn::{RedisPool, RedisSettings};
+
+/// Flags of `headroom-scaler serve`. Every flag has an environment fallback.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC server KEDA calls.
+    #[arg(long, env = "HEADROOM_GRPC_ADDR", default_value = "0.0.0.0:9090")]
+    pub grpc_addr: String,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "HEADROOM_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: String,
+    /// How long one queue reading answers all calls for the same queue (e.g. 1s, 500ms).
+    /// 0 reads the backend on every call.
+    #[arg(long, env = "HEADROOM_OBSERVATION_TTL", default_value = "1s")]
+    pub observation_ttl: String,
+    /// Deadline for one backend read, including connecting. Keep it under KEDA's 3 s HPA
+    /// deadline so that a hung backend gives UNAVAILABLE, not a timeout on KEDA's side.
+    #[arg(long, env = "HEADROOM_BACKEND_TIMEOUT", default_value = "2s")]
+    pub backend_timeout: String,
+    /// Poll interval of push activation when the backend cannot notify.
+    #[arg(long, env = "HEADROOM_PUSH_POLL_INTERVAL", default_value = "50ms")]
+    pub push_poll_interval: String,
+    /// How often an open StreamIsActive repeats its current state.
+    #[arg(long, env = "HEADROOM_PUSH_HEARTBEAT", default_value = "30s")]
+    pub push_heartbeat: String,
+    /// How long shutdown waits for calls in progress after SIGTERM.
+    #[arg(long, env = "HEADROOM_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: String,
+    /// PEM certificate chain of the gRPC server; enables TLS (with --tls-key).
+    #[arg(long, env = "HEADROOM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the gRPC server.
+    #[arg(long, env = "HEADROOM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "HEADROOM_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// Validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub observation_ttl: Duration,
+    pub backend_timeout: Duration,
+    pub push: PushSettings,
+    pub push_heartbeat: Duration,
+    pub shutdown_grace: Duration,
+    pub tls: Option<TlsFiles>,
+}
+
+/// TLS material, read at start.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("mtls", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServeConfig {
+    /// A configuration for tests and embedding: loopback, ephemeral ports, defaults.
+    pub fn local() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            observation_ttl: Duration::from_secs(1),
+            backend_timeout: Duration::from_secs(2),
+            push: PushSettings::default(),
+            push_heartbeat: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            tls: None,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Checks every flag and reports every bad one at once.
+    pub fn validate(&self) -> Result<ServeConfig, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut addr = |flag: &str, v: &str| match v.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                errors.push(format!(
+                    "--{flag}: {v:?} is not an address like 0.0.0.0:9090"
+                ));
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        };
+        let grpc_addr = addr("grpc-addr", &self.grpc_addr);
+        let metrics_addr = addr("metrics-addr", &self.metrics_addr);
+        let mut dur = |flag: &str, v: &str, allow_zero: bool| match parse_duration(v) {
+            Some(d) if allow_zero || !d.is_zero() => d,
+            _ => {
+                errors.push(format!(
+                    "--{flag}: {v:?} is not a {}duration like 500ms, 2s or 1m",
+                    if allow_zero { "" } else { "non-zero " }
+                ));
+                Duration::ZERO
+            }
+        };
+        let observation_ttl = dur("observation-ttl", &self.observation_ttl, true);
+        let backend_timeout = dur("backend-timeout", &self.backend_timeout, false);
+        let poll_interval = dur("push-poll-interval", &self.push_poll_interval, false);
+        let push_heartbeat = dur("push-heartbeat", &self.push_heartbeat, false);
+        let shutdown_grace = dur("shutdown-grace", &self.shutdown_grace, true);
+        let mut read = |flag: &str, path: &PathBuf| match std::fs::read(path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                errors.push(format!("--{flag}: cannot read {}: {e}", path.display()));
+                None
+            }
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let cert = read("tls-cert", cert);
+                let key = read("tls-key", key);
+                let client_ca = self
+                    .tls_client_ca
+                    .as_ref()
+                    .and_then(|p| read("tls-client-ca", p));
+                cert.zip(key).map(|(cert, key)| TlsFiles {
+                    cert,
+                    key,
+                    client_ca,
+                })
+            }
+            (None, None) => {
+                if self.tls_client_ca.is_some() {
+                    errors.push("--tls-client-ca needs --tls-cert and --tls-key".into());
+                }
+                None
+            }
+            _ => {
+                errors.push("--tls-cert and --tls-key go together".into());
+                None
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(ServeConfig {
+            grpc_addr,
+            metrics_addr,
+            observation_ttl,
+            backend_timeout,
+            push: PushSettings {
+                poll_interval,
+                ..PushSettings::default()
+            },
+            push_heartbeat,
+            shutdown_grace,
+            tls,
+        })
+    }
+}
+
+/// `500ms`, `2s`, `1m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid TLS material: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[source] tonic::transport::Error),
+    #[error("metrics server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub scaler: Scaler,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Starts shutting down: NOT_SERVING, push streams end, calls in progress finish.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Binds both listeners and starts serving. `metrics` renders /metrics; `None` serves an empty
+/// page (tests that run several servers in one process have one global recorder at most).
+pub async fn start(
+    config: ServeConfig,
+    metrics: Option<PrometheusHandle>,
+) -> Result<Running, ServeError> {
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?;
+    let http = TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().map_err(ServeError::Http)?;
+    let metrics_addr = http.local_addr().map_err(ServeError::Http)?;
+
+    let backends = Arc::new(Backends {
+        redis: RedisPool::new(RedisSettings {
+            connect_timeout: config.backend_timeout,
+            response_timeout: config.backend_timeout,
+        }),
+    });
+    let observations = Arc::new(Observations::new(
+        backends,
+        config.observation_ttl,
+        config.backend_timeout,
+    ));
+    let push = PushHub::new(observations.clone(), config.push);
+    let shutdown = CancellationToken::new();
+    let scaler = Scaler::new(
+        observations.clone(),
+        push,
+        shutdown.clone(),
+        config.push_heartbeat,
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ExternalScalerServer<Scaler>>().await;
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = &config.tls {
+        let mut tls_config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(tls_config).map_err(ServeError::Tls)?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(ExternalScalerServer::new(scaler.clone()));
+
+    let ready = CancellationToken::new();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = metrics.clone();
+                async move { handle.map(|h| h.render()).unwrap_or_default() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get({
+                let ready = ready.clone();
+                move || async move {
+                    if ready.is_cancelled() {
+                        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                    } else {
+                        (StatusCode::OK, "ready")
+                    }
+                }
+            }),
+        );
+
+    let sweeper = {
+        let observations = observations.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { observations.sweep(Duration::from_secs(600)); }
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    let task = {
+        let shutdown = shutdown.clone();
+        let grace = config.shutdown_grace;
+        tokio::spawn(async move {
+            let http_shutdown = shutdown.clone();
+            let http = tokio::spawn(async move {
+                axum::serve(http, app)
+                    .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                    .await
+            });
+            let signal = {
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    ready.cancel();
+                    health
+                        .set_not_serving::<ExternalScalerServer<Scaler>>()
+                        .await;
+                    tracing::info!(grace = ?grace, "shutting down");
+                }
+            };
+            let grpc = router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), signal);
+            let grpc_result = async {
+                tokio::pin!(grpc);
+                tokio::select! {
+                    r = &mut grpc => r.map_err(ServeError::Grpc),
+                    () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                        tracing::warn!("calls still running after the grace period; stopping anyway");
+                        Ok(())
+                    }
+                }
+            }
+            .await;
+            sweeper.abort();
+            let http_result = match http.await {
+                Ok(r) => r.map_err(ServeError::Http),
+                Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+            };
+            grpc_result.and(http_result)
+        })
+    };
+
+    tracing::info!(%grpc_addr, %metrics_addr, tls = config.tls.is_some(), "serving");
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        scaler,
+        shutdown,
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_the_units_operators_write() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "fast", "-1s", "1d", "1 s", "inf"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_bad_flag_is_reported_at_once() {
+        let args = ServeArgs {
+            grpc_addr: "nope".into(),
+            metrics_addr: "0.0.0.0:8080".into(),
+            observation_ttl: "soon".into(),
+            backend_timeout: "0s".into(),
+            push_poll_interval: "50ms".into(),
+            push_heartbeat: "30s".into(),
+            shutdown_grace: "10s".into(),
+            tls_cert: Some("/nonexistent/cert.pem".into()),
+            tls_key: None,
+            tls_client_ca: None,
+        };
+        let errors = args.validate().unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[0].starts_with("--grpc-addr"));
+        assert!(errors[1].starts_with("--observation-ttl"));
+        assert!(errors[2].starts_with("--backend-timeout"));
+        assert!(errors[3].contains("go together"));
+    }
+}

@@ -1,0 +1,304 @@
+//! The `externalscaler.ExternalScaler` service KEDA calls.
+//!
+//! Rules from KEDA's side of the protocol (`reference/keda-external-scaler.md`):
+//! - `GetMetricSpec` is derived from metadata alone — if it failed, KEDA's fallback would never
+//!   engage — so it never touches the backend;
+//! - exactly one `MetricValue`, with both the float and the (deprecated) int field set;
+//! - metric names already normalised (lower case, KEDA's replacements);
+//! - bad metadata is `INVALID_ARGUMENT` naming the key, an unreadable backend `UNAVAILABLE`
+//!   (or `PERMISSION_DENIED` for refused credentials), never a 0.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use headroom_proto::externalscaler::external_scaler_server::ExternalScaler;
+use headroom_proto::externalscaler::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec,
+    MetricValue, ScaledObjectRef,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::metrics;
+use crate::observations::Observations;
+use crate::push::PushHub;
+use crate::sources::SourceKind;
+use crate::trigger::{Answer, Trigger};
+
+/// The scaler's state shared by all calls.
+#[derive(Debug, Clone)]
+pub struct Scaler {
+    observations: Arc<Observations>,
+    push: Arc<PushHub>,
+    shutdown: CancellationToken,
+    heartbeat: Duration,
+}
+
+impl Scaler {
+    /// `heartbeat`: how often an open `StreamIsActive` repeats its current state.
+    pub fn new(
+        observations: Arc<Observations>,
+        push: Arc<PushHub>,
+        shutdown: CancellationToken,
+        heartbeat: Duration,
+    ) -> Self {
+        Self {
+            observations,
+            push,
+            shutdown,
+            heartbeat,
+        }
+    }
+
+    pub fn observations(&self) -> &Arc<Observations> {
+        &self.observations
+    }
+
+    /// The spec KEDA puts in the HPA: from metadata only.
+    pub fn metric_spec(trigger: &Trigger) -> GetMetricSpecResponse {
+        let target = trigger.target();
+        #[allow(deprecated)]
+        GetMetricSpecResponse {
+            metric_specs: vec![MetricSpec {
+                metric_name: trigger.metric_name.clone(),
+                target_size: target.ceil() as i64,
+                target_size_float: target,
+            }],
+        }
+    }
+
+    /// Reads the trigger's queue (through the observation cache) and answers for it.
+    pub async fn answer(&self, r: &ScaledObjectRef, trigger: &Trigger) -> Result<Answer, Error> {
+        let depth = self
+            .observations
+            .get(&trigger.query())
+            .await
+            .map_err(|error| Error::Source {
+                source_name: trigger.kind().name(),
+                error,
+            })?;
+        let answer = trigger.answer(&depth);
+        metrics::trigger_reading(
+            &r.namespace,
+            &r.name,
+            &trigger.metric_name,
+            trigger.kind(),
+            depth.waiting,
+            depth.in_flight,
+            answer.value,
+        );
+        Ok(answer)
+    }
+
+    pub fn metric_value(trigger: &Trigger, answer: &Answer) -> GetMetricsResponse {
+        #[allow(deprecated)]
+        GetMetricsResponse {
+            metric_values: vec![MetricValue {
+                metric_name: trigger.metric_name.clone(),
+                metric_value: answer.value.round() as i64,
+                metric_value_float: answer.value,
+            }],
+        }
+    }
+}
+
+fn parse(r: Option<&ScaledObjectRef>) -> Result<(&ScaledObjectRef, Trigger), Error> {
+    let r = r.ok_or(Error::Request("request has no scaledObjectRef"))?;
+    Ok((r, Trigger::parse(&r.scaler_metadata)?))
+}
+
+/// Times a call, records its metrics, and turns its error into a status.
+async fn observe<T>(
+    rpc: &'static str,
+    r: Option<&ScaledObjectRef>,
+    call: impl Future<Output = Result<(T, SourceKind), (Error, Option<SourceKind>)>>,
+) -> Result<T, Status> {
+    let start = Instant::now();
+    let span = tracing::info_span!(
+        "rpc",
+        rpc,
+        scaled_object = r
+            .map(|r| format!("{}/{}", r.namespace, r.name))
+            .unwrap_or_default(),
+        source = tracing::field::Empty,
+    );
+    let result = call.instrument(span.clone()).await;
+    match result {
+        Ok((value, kind)) => {
+            span.record("source", kind.name());
+            metrics::rpc(rpc, Some(kind), tonic::Code::Ok, start.elapsed());
+            Ok(value)
+        }
+        Err((error, kind)) => {
+            let status = Status::from(error);
+            metrics::rpc(rpc, kind, status.code(), start.elapsed());
+            span.in_scope(
+                || tracing::debug!(code = ?status.code(), message = status.message(), "rpc failed"),
+            );
+            Err(status)
+        }
+    }
+}
+
+type PushStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalScaler for Scaler {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        let r = request.into_inner();
+        observe("is_active", Some(&r), async {
+            let (r, trigger) = parse(Some(&r)).map_err(|e| (e, None))?;
+            let kind = trigger.kind();
+            let answer = self
+                .answer(r, &trigger)
+                .await
+                .map_err(|e| (e, Some(kind)))?;
+            Ok((
+                IsActiveResponse {
+                    result: answer.active,
+                },
+                kind,
+            ))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    type StreamIsActiveStream = PushStream;
+
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let r = request.into_inner();
+        let trigger = observe("stream_is_active", Some(&r), async {
+            let (_, trigger) = parse(Some(&r)).map_err(|e| (e, None))?;
+            let kind = trigger.kind();
+            Ok((trigger, kind))
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel(4);
+        let span = tracing::info_span!(
+            "push",
+            scaled_object = format!("{}/{}", r.namespace, r.name),
+            source = trigger.kind().name()
+        );
+        let scaler = self.clone();
+        tokio::spawn(async move { scaler.push_stream(trigger, tx).await }.instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let r = request.into_inner();
+        observe("get_metric_spec", Some(&r), async {
+            let (_, trigger) = parse(Some(&r)).map_err(|e| (e, None))?;
+            Ok((Self::metric_spec(&trigger), trigger.kind()))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let req = request.into_inner();
+        let r = req.scaled_object_ref.as_ref();
+        observe("get_metrics", r, async {
+            let (r, trigger) = parse(r).map_err(|e| (e, None))?;
+            let kind = trigger.kind();
+            if !req.metric_name.eq_ignore_ascii_case(&trigger.metric_name) {
+                // KEDA files the value under the name it asked for, so answering is safe; a
+                // mismatch means the ScaledObject changed between spec and value.
+                tracing::debug!(
+                    asked = req.metric_name,
+                    ours = trigger.metric_name,
+                    "metric name differs"
+                );
+            }
+            let answer = self
+                .answer(r, &trigger)
+                .await
+                .map_err(|e| (e, Some(kind)))?;
+            Ok((Self::metric_value(&trigger, &answer), kind))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    type StreamMetricSpecStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
+
+    /// Specs depend only on metadata, which cannot change under an open stream: KEDA stops
+    /// asking after `UNIMPLEMENTED` and uses `GetMetricSpec`.
+    async fn stream_metric_spec(
+        &self,
+        _request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        Err(Status::unimplemented(
+            "StreamMetricSpec is not needed: specs depend only on metadata; use GetMetricSpec",
+        ))
+    }
+}
+
+impl Scaler {
+    /// Feeds one `StreamIsActive` stream: the current state as soon as it is known, then every
+    /// change, and the current state again every heartbeat. Ends when the client goes away or
+    /// the server shuts down (KEDA then reconnects, to another replica if this one is leaving).
+    async fn push_stream(
+        self,
+        trigger: Trigger,
+        tx: mpsc::Sender<Result<IsActiveResponse, Status>>,
+    ) {
+        metrics::push_streams(1.0);
+        let mut readings = self.push.subscribe(&trigger.query());
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        heartbeat.tick().await; // the first tick is immediate
+        let mut sent: Option<bool> = None;
+        loop {
+            let reading = readings.borrow_and_update().clone();
+            if let Some(Ok(depth)) = reading {
+                let active = trigger.answer(&depth).active;
+                if sent != Some(active) {
+                    if active && sent == Some(false) {
+                        metrics::push_activation(trigger.kind());
+                        tracing::info!(waiting = depth.waiting, "queue became active; pushing");
+                    }
+                    if tx
+                        .send(Ok(IsActiveResponse { result: active }))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    sent = Some(active);
+                }
+            }
+            tokio::select! {
+                changed = readings.changed() => if changed.is_err() { break },
+                _ = heartbeat.tick() => {
+                    if let Some(active) = sent
+                        && tx.send(Ok(IsActiveResponse { result: active })).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                () = tx.closed() => break,
+                () = self.shutdown.cancelled() => break,
+            }
+        }
+        metrics::push_streams(-1.0);
+    }
+}

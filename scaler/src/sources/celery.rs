@@ -1,0 +1,504 @@
+//! `source: celery` — Celery (kombu) queues on a Redis broker, counted the way Celery lays them
+//! out (`reference/celery-redis.md`): the bare list plus one list per priority step, and the
+//! tasks that workers have prefetched but not acknowledged.
+//!
+//! KEDA's `redis` scaler reads only the bare list, so it misses prioritised tasks and scales
+//! workers down while they hold prefetched ones.
+
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::Script;
+
+use super::redis_conn::{RedisEndpoint, RedisPool, classify};
+use super::{Depth, SourceError, WatchSpec, show_key};
+use crate::metadata::{Problem, Reader};
+
+/// Keys of this source.
+pub const KEYS: &[&str] = &[
+    "queues",
+    "prioritySteps",
+    "prioritySeparator",
+    "keyPrefix",
+    "includeUnacked",
+    "unackedMaxAgeSeconds",
+    "tasksPerReplica",
+    "activationTasks",
+    "url",
+    "address",
+    "host",
+    "port",
+    "databaseIndex",
+    "username",
+    "password",
+    "enableTLS",
+    "unsafeSsl",
+];
+
+/// kombu's default `sep` transport option.
+pub const DEFAULT_SEPARATOR: &str = "\x06\x16";
+/// kombu's default `priority_steps`.
+pub const DEFAULT_STEPS: [u32; 4] = [0, 3, 6, 9];
+
+/// Metadata of a `celery` trigger. Every key also accepts its `FromEnv` form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CeleryMetadata {
+    /// `url` | `address` | `host`+`port`, `databaseIndex` (default 0), `username`, `password`,
+    /// `enableTLS` (default false), `unsafeSsl` (default false): the broker.
+    pub endpoint: RedisEndpoint,
+    /// `queues` (default `celery`): comma-separated queue names; the value is their sum.
+    pub queues: Vec<String>,
+    /// `prioritySteps` (default `0,3,6,9`): kombu's `priority_steps`; each non-zero step has
+    /// its own list `<queue><sep><step>`.
+    pub priority_steps: Vec<u32>,
+    /// `prioritySeparator` (default the two bytes 0x06 0x16): kombu's `sep`. `\xNN` escapes are
+    /// decoded, so `'\x06\x16'` may be written in single-quoted YAML.
+    pub priority_separator: String,
+    /// `keyPrefix` (default empty): kombu's `global_keyprefix`, put before every key.
+    pub key_prefix: String,
+    /// `includeUnacked` (default true): count tasks that workers prefetched and have not
+    /// acknowledged (kombu's `unacked` hash), so busy workers are not scaled away.
+    pub include_unacked: bool,
+    /// `unackedMaxAgeSeconds` (default 3600, kombu's visibility timeout): prefetched entries
+    /// older than this are left by killed workers and do not count.
+    pub unacked_max_age: Duration,
+    /// `tasksPerReplica` (default 5): the target number of tasks per replica. Must be > 0.
+    pub tasks_per_replica: i64,
+    /// `activationTasks` (default 0): active when the value is above this.
+    pub activation_tasks: i64,
+}
+
+impl CeleryMetadata {
+    pub fn parse(r: &mut Reader<'_>) -> Option<Self> {
+        let endpoint = RedisEndpoint::parse(r);
+        let queues = parse_queues(r);
+        let priority_steps = parse_steps(r);
+        let priority_separator = match r.string("prioritySeparator") {
+            None => DEFAULT_SEPARATOR.to_string(),
+            Some(s) => match unescape(&s) {
+                Some(sep) => sep,
+                None => {
+                    r.problem(Problem::Invalid {
+                        key: "prioritySeparator".into(),
+                        value: Some(s),
+                        expected: "a string (\\xNN escapes allowed)".into(),
+                    });
+                    DEFAULT_SEPARATOR.to_string()
+                }
+            },
+        };
+        let key_prefix = r.string("keyPrefix").unwrap_or_default();
+        let include_unacked = r.bool("includeUnacked", true);
+        let max_age = r.int_at_least("unackedMaxAgeSeconds", 3600, 1);
+        let tasks_per_replica = r.int_at_least("tasksPerReplica", 5, 1);
+        let activation_tasks = r.int("activationTasks", 0i64);
+        Some(Self {
+            endpoint: endpoint?,
+            queues: queues?,
+            priority_steps,
+            priority_separator,
+            key_prefix,
+            include_unacked,
+            unacked_max_age: Duration::from_secs(max_age.unsigned_abs()),
+            tasks_per_replica,
+            activation_tasks,
+        })
+    }
+
+    pub fn metric_name(&self) -> String {
+        format!("celery-{}", self.queues.join("-"))
+    }
+
+    /// Waiting tasks, plus prefetched ones when `includeUnacked`.
+    pub fn value(&self, depth: &Depth) -> u64 {
+        if self.include_unacked {
+            depth.waiting.saturating_add(depth.in_flight)
+        } else {
+            depth.waiting
+        }
+    }
+
+    pub fn query(&self) -> CeleryQuery {
+        CeleryQuery {
+            endpoint: self.endpoint.clone(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueKeys {
+                    name: q.clone(),
+                    lists: list_keys(
+                        q,
+                        &self.key_prefix,
+                        &self.priority_separator,
+                        &self.priority_steps,
+                    ),
+                })
+                .collect(),
+            unacked: self.include_unacked.then(|| Unacked {
+                hash: format!("{}unacked", self.key_prefix).into_bytes(),
+                index: format!("{}unacked_index", self.key_prefix).into_bytes(),
+                max_age: self.unacked_max_age,
+            }),
+        }
+    }
+}
+
+fn parse_queues(r: &mut Reader<'_>) -> Option<Vec<String>> {
+    let raw = r.string("queues").unwrap_or_else(|| "celery".to_string());
+    let queues: Vec<String> = raw.split(',').map(|q| q.trim().to_string()).collect();
+    if queues.iter().any(String::is_empty) {
+        r.problem(Problem::Invalid {
+            key: "queues".into(),
+            value: Some(raw),
+            expected: "a comma-separated list of queue names without empty entries".into(),
+        });
+        return None;
+    }
+    let mut seen = Vec::new();
+    for q in &queues {
+        if seen.contains(&q) {
+            r.problem(Problem::Invalid {
+                key: "queues".into(),
+                value: Some(raw.clone()),
+                expected: format!("a list without repeats (`{q}` appears twice)"),
+            });
+            return None;
+        }
+        seen.push(q);
+    }
+    Some(queues)
+}
+
+fn parse_steps(r: &mut Reader<'_>) -> Vec<u32> {
+    let Some((key, raw)) = r.raw("prioritySteps") else {
+        return DEFAULT_STEPS.to_vec();
+    };
+    let mut steps = Vec::new();
+    for part in raw.split(',') {
+        match crate::metadata::parse_int::<u32>(part.trim()) {
+            Some(s) => steps.push(s),
+            None => {
+                r.problem(Problem::Invalid {
+                    key: key.into(),
+                    value: Some(raw.into()),
+                    expected: "a comma-separated list of integers ≥ 0".into(),
+                });
+                return DEFAULT_STEPS.to_vec();
+            }
+        }
+    }
+    steps.sort_unstable();
+    steps.dedup();
+    steps
+}
+
+/// Decodes `\xNN` and `\\`; any other backslash sequence is an error.
+fn unescape(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '\\' => out.push('\\'),
+            'x' => {
+                let hex: String = chars.by_ref().take(2).collect();
+                let b = u8::from_str_radix(&hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == 2)?;
+                out.push(char::from(b).is_ascii().then_some(char::from(b))?);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// kombu's `_q_for_pri`: priority 0 is the bare queue, every other step `<queue><sep><step>`.
+fn list_keys(queue: &str, prefix: &str, sep: &str, steps: &[u32]) -> Vec<Vec<u8>> {
+    let mut keys = vec![format!("{prefix}{queue}").into_bytes()];
+    keys.extend(
+        steps
+            .iter()
+            .filter(|s| **s != 0)
+            .map(|s| format!("{prefix}{queue}{sep}{s}").into_bytes()),
+    );
+    keys
+}
+
+/// One read: the waiting lists of each queue and, optionally, the in-flight count.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CeleryQuery {
+    pub endpoint: RedisEndpoint,
+    pub queues: Vec<QueueKeys>,
+    pub unacked: Option<Unacked>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueKeys {
+    /// The queue name, which is also the routing key recorded for its prefetched tasks.
+    pub name: String,
+    pub lists: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Unacked {
+    pub hash: Vec<u8>,
+    pub index: Vec<u8>,
+    pub max_age: Duration,
+}
+
+/// Every waiting list and the in-flight count of each queue, in one round trip, so that the
+/// unacked hash (shared by all queues of the database) is never pulled to the scaler.
+///
+/// KEYS: each queue's lists in order, then (when counting in-flight) the unacked hash and index.
+/// ARGV: lists per queue, then the minimum delivery time ('' to skip in-flight), then the queue
+/// names. Returns waiting and in-flight per queue, then the number of unreadable entries.
+static CELERY_DEPTH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local per = tonumber(ARGV[1])
+local min = ARGV[2]
+local nq = #ARGV - 2
+local out = {}
+local by_name = {}
+for q = 1, nq do
+  local waiting = 0
+  for j = 1, per do
+    local key = KEYS[(q - 1) * per + j]
+    local n = redis.pcall('LLEN', key)
+    if type(n) == 'table' and n.err then
+      return redis.error_reply('WRONGTYPE ' .. key .. ' ' .. redis.call('TYPE', key).ok)
+    end
+    waiting = waiting + n
+  end
+  out[2 * q - 1] = waiting
+  out[2 * q] = 0
+  by_name[ARGV[2 + q]] = q
+end
+local bad = 0
+if min ~= '' then
+  local hash = KEYS[nq * per + 1]
+  local index = KEYS[nq * per + 2]
+  local tags = redis.call('ZRANGEBYSCORE', index, min, '+inf')
+  for i = 1, #tags, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, #tags) do chunk[#chunk + 1] = tags[j] end
+    local values = redis.call('HMGET', hash, unpack(chunk))
+    for j = 1, #chunk do
+      local v = values[j]
+      if v then
+        local ok, entry = pcall(cjson.decode, v)
+        if ok and type(entry) == 'table' and type(entry[3]) == 'string' then
+          local q = by_name[entry[3]]
+          if q then out[2 * q] = out[2 * q] + 1 end
+        else
+          bad = bad + 1
+        end
+      end
+    end
+  end
+end
+out[#out + 1] = bad
+return out
+",
+    )
+});
+
+impl CeleryQuery {
+    pub async fn read(&self, pool: &RedisPool) -> Result<Depth, SourceError> {
+        self.read_per_queue(pool).await.map(|per_queue| {
+            per_queue.iter().fold(Depth::default(), |acc, d| Depth {
+                waiting: acc.waiting.saturating_add(d.waiting),
+                in_flight: acc.in_flight.saturating_add(d.in_flight),
+            })
+        })
+    }
+
+    /// The depth of each queue, in the order of `queues`.
+    pub async fn read_per_queue(&self, pool: &RedisPool) -> Result<Vec<Depth>, SourceError> {
+        let per = self.queues.first().map_or(1, |q| q.lists.len());
+        let mut invocation = CELERY_DEPTH.prepare_invoke();
+        for q in &self.queues {
+            for key in &q.lists {
+                invocation.key(key.as_slice());
+            }
+        }
+        invocation.arg(per);
+        match &self.unacked {
+            Some(u) => {
+                invocation.key(u.hash.as_slice()).key(u.index.as_slice());
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                invocation.arg(format!("{:.3}", now - u.max_age.as_secs_f64()));
+            }
+            None => {
+                invocation.arg("");
+            }
+        }
+        for q in &self.queues {
+            invocation.arg(q.name.as_str());
+        }
+        let mut conn = pool.connection(&self.endpoint)?;
+        let raw: Vec<i64> = match invocation.invoke_async(&mut conn).await {
+            Ok(v) => v,
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                let detail = e.detail().unwrap_or_default().to_string();
+                let (key, found) = detail.rsplit_once(' ').unwrap_or((detail.as_str(), "?"));
+                return Err(SourceError::WrongType {
+                    endpoint: self.endpoint.to_string(),
+                    key: show_key(key.as_bytes()),
+                    found: found.to_string(),
+                    expected: "a list",
+                });
+            }
+            Err(e) => return Err(classify(&self.endpoint, e)),
+        };
+        if raw.len() != 2 * self.queues.len() + 1 || raw.iter().any(|n| *n < 0) {
+            return Err(SourceError::Protocol {
+                endpoint: self.endpoint.to_string(),
+                detail: format!("celery depth script returned {} numbers", raw.len()),
+            });
+        }
+        let bad = raw[raw.len() - 1];
+        if bad > 0 {
+            tracing::debug!(
+                unreadable = bad,
+                "celery unacked entries without a routing key"
+            );
+        }
+        Ok(raw[..raw.len() - 1]
+            .chunks_exact(2)
+            .map(|c| Depth {
+                waiting: c[0] as u64,
+                in_flight: c[1] as u64,
+            })
+            .collect())
+    }
+
+    pub fn watch(&self) -> WatchSpec {
+        WatchSpec::RedisKeys {
+            endpoint: self.endpoint.clone(),
+            keys: self
+                .queues
+                .iter()
+                .flat_map(|q| q.lists.iter().cloned())
+                .collect(),
+            events: "l",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<CeleryMetadata, Vec<String>> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut r = Reader::new(&m);
+        let parsed = CeleryMetadata::parse(&mut r);
+        match r.finish(&|_| None) {
+            Ok(()) => parsed.ok_or_else(Vec::new),
+            Err(e) => Err(e.keys().into_iter().map(String::from).collect()),
+        }
+    }
+
+    #[test]
+    fn defaults_match_celery_and_kombu() {
+        let m = parse(&[("address", "r:6379")]).unwrap();
+        assert_eq!(m.queues, ["celery"]);
+        assert_eq!(m.priority_steps, [0, 3, 6, 9]);
+        assert_eq!(m.priority_separator, "\x06\x16");
+        assert!(m.include_unacked);
+        assert_eq!(m.unacked_max_age, Duration::from_secs(3600));
+        assert_eq!((m.tasks_per_replica, m.activation_tasks), (5, 0));
+        assert_eq!(m.metric_name(), "celery-celery");
+        let q = m.query();
+        assert_eq!(
+            q.queues[0].lists,
+            [
+                b"celery".to_vec(),
+                b"celery\x06\x163".to_vec(),
+                b"celery\x06\x166".to_vec(),
+                b"celery\x06\x169".to_vec()
+            ]
+        );
+        let u = q.unacked.unwrap();
+        assert_eq!(
+            (u.hash.as_slice(), u.index.as_slice()),
+            (&b"unacked"[..], &b"unacked_index"[..])
+        );
+    }
+
+    #[test]
+    fn custom_steps_separator_and_prefix_shape_the_keys() {
+        let m = parse(&[
+            ("address", "r:6379"),
+            ("queues", "gpu-a10g, gpu-t4"),
+            ("prioritySteps", "0,1,2,3,4,5,6,7,8,9"),
+            ("prioritySeparator", ":"),
+            ("keyPrefix", "pfx_"),
+        ])
+        .unwrap();
+        assert_eq!(m.metric_name(), "celery-gpu-a10g-gpu-t4");
+        let q = m.query();
+        assert_eq!(q.queues.len(), 2);
+        assert_eq!(q.queues[1].lists.len(), 10);
+        assert_eq!(q.queues[1].lists[0], b"pfx_gpu-t4");
+        assert_eq!(q.queues[1].lists[9], b"pfx_gpu-t4:9");
+        assert_eq!(q.unacked.unwrap().hash, b"pfx_unacked");
+    }
+
+    #[test]
+    fn escaped_separator_is_decoded() {
+        let m = parse(&[("address", "r:1"), ("prioritySeparator", "\\x06\\x16")]).unwrap();
+        assert_eq!(m.priority_separator, "\x06\x16");
+        assert_eq!(
+            parse(&[("address", "r:1"), ("prioritySeparator", "\\q")]).unwrap_err(),
+            ["prioritySeparator"]
+        );
+        assert_eq!(
+            parse(&[("address", "r:1"), ("prioritySeparator", "\\x0")]).unwrap_err(),
+            ["prioritySeparator"]
+        );
+    }
+
+    #[test]
+    fn in_flight_counts_unless_turned_off() {
+        let d = Depth {
+            waiting: 3,
+            in_flight: 4,
+        };
+        assert_eq!(parse(&[("address", "r:1")]).unwrap().value(&d), 7);
+        let m = parse(&[("address", "r:1"), ("includeUnacked", "false")]).unwrap();
+        assert_eq!(m.value(&d), 3);
+        assert!(m.query().unacked.is_none());
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        for (pairs, key) in [
+            (vec![("queues", "a,,b")], "queues"),
+            (vec![("queues", "a,a")], "queues"),
+            (vec![("prioritySteps", "0,x")], "prioritySteps"),
+            (vec![("prioritySteps", "-1")], "prioritySteps"),
+            (vec![("tasksPerReplica", "0")], "tasksPerReplica"),
+            (vec![("tasksPerReplica", "2.5")], "tasksPerReplica"),
+            (vec![("unackedMaxAgeSeconds", "0")], "unackedMaxAgeSeconds"),
+            (vec![("includeUnacked", "yes")], "includeUnacked"),
+            (vec![("activationTasks", "x")], "activationTasks"),
+        ] {
+            let mut pairs = pairs;
+            pairs.push(("address", "r:1"));
+            assert_eq!(parse(&pairs).unwrap_err(), [key], "{pairs:?}");
+        }
+    }
+}

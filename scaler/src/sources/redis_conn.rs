@@ -1,0 +1,453 @@
+//! What the Redis-backed sources share: the connection keys of KEDA's `redis` scaler, the
+//! endpoint identity they parse into, and one auto-reconnecting connection per endpoint.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{
+    ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+    ServerErrorKind,
+};
+
+use super::SourceError;
+use crate::metadata::{Problem, Reader};
+
+/// The connection keys every Redis source accepts (each also in its `FromEnv` form).
+pub const CONNECTION_KEYS: &[&str] = &[
+    "url",
+    "address",
+    "host",
+    "port",
+    "databaseIndex",
+    "username",
+    "password",
+    "enableTLS",
+    "unsafeSsl",
+];
+
+/// Where a Redis source reads, and as whom. Two triggers with equal endpoints share one
+/// connection. `Debug` and `Display` never show the password.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RedisEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// `databaseIndex`, default 0.
+    pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `enableTLS` (or a `rediss://` URL).
+    pub tls: bool,
+    /// `unsafeSsl`: skip certificate verification (TLS only).
+    pub insecure: bool,
+}
+
+impl fmt::Debug for RedisEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisEndpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("tls", &self.tls)
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl fmt::Display for RedisEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}/{}", self.host, self.port, self.db)
+        } else {
+            write!(f, "{scheme}://{}:{}/{}", self.host, self.port, self.db)
+        }
+    }
+}
+
+impl RedisEndpoint {
+    /// Reads the connection keys, KEDA's way: `address` (`host:port`) or `host` + `port`, plus
+    /// Headroom's `url` (`redis://[user:password@]host[:port][/db]`, `rediss://` for TLS); exactly
+    /// one of the three.
+    pub fn parse(r: &mut Reader<'_>) -> Option<Self> {
+        let url = r.string("url");
+        let address = r.string("address");
+        let host = r.string("host");
+        let port = r.string("port");
+        let db = r
+            .raw("databaseIndex")
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let username = r.string("username");
+        let password = r.string("password");
+        let enable_tls = r.bool("enableTLS", false);
+        let insecure = r.bool("unsafeSsl", false);
+
+        let given: Vec<&str> = [
+            ("url", url.is_some()),
+            ("address", address.is_some()),
+            ("host", host.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| *k)
+        .collect();
+        if given.len() > 1 {
+            r.problem(Problem::Conflict {
+                keys: given.iter().map(|k| k.to_string()).collect(),
+                reason: "give exactly one way to reach Redis (url, address, or host and port)"
+                    .into(),
+            });
+            return None;
+        }
+        let mut ep = if let Some(url) = url {
+            from_url(r, &url)?
+        } else if let Some(address) = address {
+            let Some((host, port)) = split_host_port(&address) else {
+                r.problem(Problem::Invalid {
+                    key: "address".into(),
+                    value: Some(address),
+                    expected: "host:port".into(),
+                });
+                return None;
+            };
+            let port = parse_port(r, "address", &port)?;
+            RedisEndpoint::plain(host, port)
+        } else if let Some(host) = host {
+            let Some(port) = port.as_deref() else {
+                r.problem(Problem::Missing { key: "port".into() });
+                return None;
+            };
+            let port = parse_port(r, "port", port)?;
+            RedisEndpoint::plain(host, port)
+        } else {
+            r.problem(Problem::Missing {
+                key: "address".into(),
+            });
+            r.problem(Problem::Conflict {
+                keys: vec!["address".into(), "host".into(), "url".into()],
+                reason: "no address or host given: set address (host:port), host and port, or url"
+                    .into(),
+            });
+            return None;
+        };
+        if let Some((key, db)) = db {
+            match crate::metadata::parse_int::<i64>(&db) {
+                Some(n) if n >= 0 => {
+                    if ep.db != 0 && ep.db != n {
+                        r.problem(Problem::Conflict {
+                            keys: vec!["url".into(), key],
+                            reason: "the URL names another database".into(),
+                        });
+                    }
+                    ep.db = n;
+                }
+                _ => r.problem(Problem::Invalid {
+                    key,
+                    value: Some(db),
+                    expected: "a database number ≥ 0".into(),
+                }),
+            }
+        }
+        if let Some(u) = username {
+            ep.username = Some(u);
+        }
+        if let Some(p) = password {
+            ep.password = Some(p);
+        }
+        ep.tls |= enable_tls;
+        ep.insecure |= insecure;
+        Some(ep)
+    }
+
+    fn plain(host: String, port: u16) -> Self {
+        RedisEndpoint {
+            host,
+            port,
+            db: 0,
+            username: None,
+            password: None,
+            tls: false,
+            insecure: false,
+        }
+    }
+
+    fn connection_info(&self) -> Result<ConnectionInfo, RedisError> {
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls {
+                host: self.host.clone(),
+                port: self.port,
+                insecure: self.insecure,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(self.host.clone(), self.port)
+        };
+        let mut redis = RedisConnectionInfo::default().set_db(self.db);
+        if let Some(u) = &self.username {
+            redis = redis.set_username(u);
+        }
+        if let Some(p) = &self.password {
+            redis = redis.set_password(p);
+        }
+        Ok(addr.into_connection_info()?.set_redis_settings(redis))
+    }
+}
+
+fn from_url(r: &mut Reader<'_>, url: &str) -> Option<RedisEndpoint> {
+    let bad = |r: &mut Reader<'_>, why: &str| {
+        r.problem(Problem::Invalid {
+            key: "url".into(),
+            value: None,
+            expected: format!("a redis:// or rediss:// URL ({why})"),
+        })
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        bad(r, "unsupported scheme");
+        return None;
+    }
+    let info = match url.into_connection_info() {
+        Ok(info) => info,
+        Err(_) => {
+            bad(r, "cannot be parsed");
+            return None;
+        }
+    };
+    let (host, port, tls, insecure) = match info.addr() {
+        ConnectionAddr::Tcp(h, p) => (h.clone(), *p, false, false),
+        ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            ..
+        } => (host.clone(), *port, true, *insecure),
+        _ => {
+            bad(r, "only TCP addresses are supported");
+            return None;
+        }
+    };
+    let settings = info.redis_settings();
+    Some(RedisEndpoint {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+        db: settings.db(),
+        username: settings.username().map(str::to_string),
+        password: settings.password().map(str::to_string),
+        tls,
+        insecure,
+    })
+}
+
+/// `host:port`, with IPv6 hosts in brackets (`[::1]:6379`), as Go's `net.SplitHostPort`.
+fn split_host_port(s: &str) -> Option<(String, String)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:")?;
+        return (!host.is_empty()).then(|| (host.to_string(), port.to_string()));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    if host.is_empty() || host.contains(':') {
+        return None;
+    }
+    Some((host.to_string(), port.to_string()))
+}
+
+fn parse_port(r: &mut Reader<'_>, key: &str, port: &str) -> Option<u16> {
+    match crate::metadata::parse_int::<u16>(port) {
+        Some(p) if p > 0 => Some(p),
+        _ => {
+            r.problem(Problem::Invalid {
+                key: key.into(),
+                value: Some(port.to_string()),
+                expected: "a port number (1-65535)".into(),
+            });
+            None
+        }
+    }
+}
+
+/// Timeouts for talking to Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisSettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One multiplexed, auto-reconnecting connection per endpoint. A [`ConnectionManager`]
+/// pipelines concurrent commands over one socket, so it serves as the pool.
+#[derive(Debug, Default)]
+pub struct RedisPool {
+    settings: RedisSettings,
+    managers: Mutex<HashMap<RedisEndpoint, ConnectionManager>>,
+}
+
+impl RedisPool {
+    pub fn new(settings: RedisSettings) -> Self {
+        Self {
+            settings,
+            managers: Mutex::default(),
+        }
+    }
+
+    /// The connection for `endpoint`, created lazily: the first command connects, and a
+    /// dropped connection is re-established in the background.
+    pub fn connection(&self, endpoint: &RedisEndpoint) -> Result<ConnectionManager, SourceError> {
+        let mut managers = self
+            .managers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(m) = managers.get(endpoint) {
+            return Ok(m.clone());
+        }
+        let client = endpoint
+            .connection_info()
+            .and_then(redis::Client::open)
+            .map_err(|e| classify(endpoint, e))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.settings.connect_timeout))
+            .set_response_timeout(Some(self.settings.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| classify(endpoint, e))?;
+        managers.insert(endpoint.clone(), manager.clone());
+        Ok(manager)
+    }
+
+    /// A dedicated connection for keyspace notifications.
+    pub async fn pubsub(
+        &self,
+        endpoint: &RedisEndpoint,
+    ) -> Result<redis::aio::PubSub, SourceError> {
+        let client = endpoint
+            .connection_info()
+            .and_then(redis::Client::open)
+            .map_err(|e| classify(endpoint, e))?;
+        let connect = client.get_async_pubsub();
+        match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            Ok(r) => r.map_err(|e| classify(endpoint, e)),
+            Err(_) => Err(SourceError::Timeout {
+                endpoint: endpoint.to_string(),
+                after: self.settings.connect_timeout,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> RedisSettings {
+        self.settings
+    }
+}
+
+/// Turns a Redis client error into the source error that says what the operator must fix.
+pub fn classify(endpoint: &RedisEndpoint, e: RedisError) -> SourceError {
+    let endpoint = endpoint.to_string();
+    let auth = matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        || matches!(e.kind(), redis::ErrorKind::Server(ServerErrorKind::NoPerm));
+    if auth {
+        return SourceError::Auth {
+            endpoint,
+            source: Arc::new(e),
+        };
+    }
+    if e.is_timeout() {
+        return SourceError::Unavailable {
+            endpoint,
+            source: Arc::new(e),
+        };
+    }
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        return SourceError::Unavailable {
+            endpoint,
+            source: Arc::new(e),
+        };
+    }
+    SourceError::Backend {
+        endpoint,
+        source: Arc::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<RedisEndpoint, Vec<String>> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut r = Reader::new(&m);
+        let ep = RedisEndpoint::parse(&mut r);
+        match r.finish(&|_| None) {
+            Ok(()) => Ok(ep.ok_or_else(Vec::new)?),
+            Err(e) => Err(e.keys().into_iter().map(String::from).collect()),
+        }
+    }
+
+    #[test]
+    fn endpoints_parse_from_each_form() {
+        let ep = parse(&[("address", "redis.svc:6380")]).unwrap();
+        assert_eq!((ep.host.as_str(), ep.port, ep.db), ("redis.svc", 6380, 0));
+        let ep = parse(&[("host", "h"), ("port", "7000"), ("databaseIndex", "3")]).unwrap();
+        assert_eq!((ep.host.as_str(), ep.port, ep.db), ("h", 7000, 3));
+        let ep = parse(&[("address", "[::1]:6379")]).unwrap();
+        assert_eq!(ep.host, "::1");
+        let ep = parse(&[("url", "rediss://u:p%40ss@cache:6390/2#insecure")]).unwrap();
+        assert_eq!(ep.host, "cache");
+        assert_eq!(ep.port, 6390);
+        assert_eq!(ep.db, 2);
+        assert!(ep.tls && ep.insecure);
+        assert_eq!(ep.username.as_deref(), Some("u"));
+        assert_eq!(ep.password.as_deref(), Some("p@ss"));
+        let ep = parse(&[
+            ("addressFromEnv", "a:1"),
+            ("passwordFromEnv", "pw"),
+            ("enableTLS", "true"),
+        ])
+        .unwrap();
+        assert_eq!(ep.password.as_deref(), Some("pw"));
+        assert!(ep.tls && !ep.insecure);
+    }
+
+    #[test]
+    fn bad_connection_keys_are_named() {
+        assert_eq!(
+            parse(&[("address", "a:1"), ("host", "h")]).unwrap_err(),
+            ["address", "host"]
+        );
+        assert_eq!(parse(&[("host", "h")]).unwrap_err(), ["port"]);
+        assert_eq!(parse(&[("address", "nohost")]).unwrap_err(), ["address"]);
+        assert_eq!(parse(&[("address", "h:99999")]).unwrap_err(), ["address"]);
+        assert_eq!(
+            parse(&[("host", "h"), ("port", "x")]).unwrap_err(),
+            ["port"]
+        );
+        assert_eq!(parse(&[("url", "http://h")]).unwrap_err(), ["url"]);
+        assert_eq!(
+            parse(&[("address", "h:1"), ("databaseIndex", "-1")]).unwrap_err(),
+            ["databaseIndex"]
+        );
+        assert!(parse(&[]).unwrap_err().contains(&"address".to_string()));
+    }
+
+    #[test]
+    fn endpoint_display_hides_the_password() {
+        let ep = parse(&[("url", "redis://:topsecret@h:1/0")]).unwrap();
+        assert!(!format!("{ep} {ep:?}").contains("topsecret"));
+    }
+}

@@ -1,0 +1,214 @@
+//! A trigger: one ScaledObject trigger's metadata, parsed into what to read and how to answer.
+
+use std::collections::HashMap;
+
+use crate::metadata::{MetadataError, Problem, Reader, normalize_metric_name};
+use crate::sources::{Depth, Query, SourceConfig, SourceKind};
+
+/// What the trigger's metric means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricMode {
+    /// `metric: depth` (default): the KEDA-compatible value and target of the source.
+    Depth,
+}
+
+/// A parsed trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    /// `source` (required): `celery` or `redis-list`.
+    pub source: SourceConfig,
+    /// `metric` (default `depth`).
+    pub metric: MetricMode,
+    /// The normalised metric name, computed once.
+    pub metric_name: String,
+}
+
+/// What KEDA receives for a trigger at one reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Answer {
+    pub value: f64,
+    pub active: bool,
+}
+
+impl Trigger {
+    /// Parses a trigger's metadata, reporting every problem at once.
+    pub fn parse(metadata: &HashMap<String, String>) -> Result<Self, MetadataError> {
+        let mut r = Reader::new(metadata);
+        let kind = match r.string("source") {
+            None => {
+                r.problem(Problem::Missing {
+                    key: "source".into(),
+                });
+                None
+            }
+            Some(name) => match SourceKind::from_name(&name) {
+                Some(kind) => Some(kind),
+                None => {
+                    let known: Vec<&str> = SourceKind::ALL.iter().map(|k| k.name()).collect();
+                    r.problem(Problem::Invalid {
+                        key: "source".into(),
+                        value: Some(name),
+                        expected: format!("one of {}", known.join(", ")),
+                    });
+                    None
+                }
+            },
+        };
+        let metric = match r.string("metric").as_deref() {
+            None | Some("depth") => MetricMode::Depth,
+            Some(other) => {
+                r.problem(Problem::Invalid {
+                    key: "metric".into(),
+                    value: Some(other.into()),
+                    expected:
+                        "`depth` (planned mode, `replicas`, is not available in this version)"
+                            .into(),
+                });
+                MetricMode::Depth
+            }
+        };
+        let Some(kind) = kind else {
+            // Without a source the other keys cannot be judged.
+            return Err(r.into_error());
+        };
+        let source = SourceConfig::parse(kind, &mut r);
+        let hint = |key: &str| -> Option<String> {
+            let users: Vec<&str> = SourceKind::ALL
+                .iter()
+                .filter(|k| **k != kind && k.keys().contains(&key))
+                .map(|k| k.name())
+                .collect();
+            (!users.is_empty()).then(|| {
+                format!(
+                    "read by source {}, not by `{}`",
+                    users.join(", "),
+                    kind.name()
+                )
+            })
+        };
+        r.finish(&hint)?;
+        let Some(source) = source else {
+            // Every parser records a problem before returning None.
+            return Err(MetadataError::one(Problem::Missing {
+                key: "source".into(),
+            }));
+        };
+        let metric_name = normalize_metric_name(&source.metric_name());
+        Ok(Self {
+            source,
+            metric,
+            metric_name,
+        })
+    }
+
+    pub fn kind(&self) -> SourceKind {
+        self.source.kind()
+    }
+
+    /// The target KEDA puts in the HPA (AverageValue per replica).
+    pub fn target(&self) -> f64 {
+        match self.metric {
+            MetricMode::Depth => self.source.target(),
+        }
+    }
+
+    pub fn query(&self) -> Query {
+        self.source.query()
+    }
+
+    pub fn answer(&self, depth: &Depth) -> Answer {
+        match self.metric {
+            MetricMode::Depth => Answer {
+                value: self.source.value(depth),
+                active: self.source.is_active(depth),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn redis_list_matches_keda_defaults_and_name() {
+        let t = Trigger::parse(&md(&[
+            ("scalerAddress", "headroom:9090"),
+            ("source", "redis-list"),
+            ("address", "redis:6379"),
+            ("listName", "My.Jobs"),
+        ]))
+        .unwrap();
+        assert_eq!(t.metric_name, "redis-my-jobs");
+        assert_eq!(t.target(), 5.0);
+        let a = t.answer(&Depth {
+            waiting: 0,
+            in_flight: 0,
+        });
+        assert_eq!((a.value, a.active), (0.0, false));
+        let a = t.answer(&Depth {
+            waiting: 1,
+            in_flight: 0,
+        });
+        assert!(a.active);
+    }
+
+    #[test]
+    fn activation_is_strictly_above_the_threshold() {
+        let t = Trigger::parse(&md(&[
+            ("source", "celery"),
+            ("address", "r:1"),
+            ("activationTasks", "3"),
+        ]))
+        .unwrap();
+        let at = |waiting, in_flight| t.answer(&Depth { waiting, in_flight }).active;
+        assert!(!at(3, 0));
+        assert!(at(3, 1));
+        assert!(at(4, 0));
+    }
+
+    #[test]
+    fn source_problems_are_invalid_argument_material() {
+        let err = Trigger::parse(&md(&[("source", "rabbitmq")])).unwrap_err();
+        assert_eq!(err.keys(), ["source"]);
+        assert!(
+            err.to_string().contains("one of celery, redis-list"),
+            "{err}"
+        );
+        let err = Trigger::parse(&md(&[("address", "r:1")])).unwrap_err();
+        assert_eq!(err.keys(), ["source"]);
+    }
+
+    #[test]
+    fn keys_of_another_source_get_a_hint() {
+        let err = Trigger::parse(&md(&[
+            ("source", "celery"),
+            ("address", "r:1"),
+            ("listName", "x"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.keys(), ["listName"]);
+        assert!(
+            err.to_string().contains("read by source redis-list"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn planned_mode_is_refused_clearly() {
+        let err = Trigger::parse(&md(&[
+            ("source", "celery"),
+            ("address", "r:1"),
+            ("metric", "replicas"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.keys(), ["metric"]);
+    }
+}
