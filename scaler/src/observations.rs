@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use crate::metrics;
 use crate::sources::{Backends, Depth, Query, SourceError};
 
@@ -36,7 +38,14 @@ pub struct Observations {
     timeout: Duration,
     epoch: Instant,
     slots: Mutex<HashMap<Query, Arc<Slot>>>,
+    /// Reads in progress per endpoint are bounded, so a burst of distinct queries (KEDA
+    /// restarting with thousands of triggers) is served in order instead of every read timing
+    /// out together.
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
+
+/// Concurrent reads per backend endpoint.
+pub const READS_PER_ENDPOINT: usize = 64;
 
 impl Observations {
     /// `ttl` is how long a reading answers (zero: every call reads, with no coalescing — the
@@ -48,6 +57,7 @@ impl Observations {
             timeout,
             epoch: Instant::now(),
             slots: Mutex::default(),
+            limits: Mutex::default(),
         }
     }
 
@@ -115,15 +125,34 @@ impl Observations {
         slot
     }
 
+    /// One backend read: waits at most `timeout` for a turn at the endpoint, then at most
+    /// `timeout` for the read itself.
     async fn read(&self, query: &Query) -> Result<Depth, SourceError> {
         let kind = query.kind();
+        let endpoint = query.endpoint_label();
+        let timed_out = || SourceError::Timeout {
+            endpoint: query.endpoint_label(),
+            after: self.timeout,
+        };
+        let limit = {
+            let mut limits = self
+                .limits
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            limits
+                .entry(endpoint)
+                .or_insert_with(|| Arc::new(Semaphore::new(READS_PER_ENDPOINT)))
+                .clone()
+        };
+        let Ok(Ok(_permit)) = tokio::time::timeout(self.timeout, limit.acquire_owned()).await
+        else {
+            metrics::backend_read(kind, Duration::ZERO, Some(&timed_out()));
+            return Err(timed_out());
+        };
         let start = Instant::now();
         let result = match tokio::time::timeout(self.timeout, query.read(&self.backends)).await {
             Ok(r) => r,
-            Err(_) => Err(SourceError::Timeout {
-                endpoint: query.endpoint_label(),
-                after: self.timeout,
-            }),
+            Err(_) => Err(timed_out()),
         };
         metrics::backend_read(kind, start.elapsed(), result.as_ref().err());
         result

@@ -59,6 +59,11 @@ impl Scaler {
         &self.observations
     }
 
+    /// Queues watched for push activation right now.
+    pub fn push_watchers(&self) -> usize {
+        self.push.watchers()
+    }
+
     /// The spec KEDA puts in the HPA: from metadata only.
     pub fn metric_spec(trigger: &Trigger) -> GetMetricSpecResponse {
         let target = trigger.target();

@@ -1,0 +1,43 @@
+# shellcheck shell=bash
+# tests/scripts/env.sh - the single source of truth for where the Celery test
+# bed lives. Source it from bash:
+#
+#     . tests/scripts/env.sh
+#
+# It exports:
+#   HEADROOM_ROOT            the repository root
+#   HEADROOM_CACHE           ${HEADROOM_CACHE:-$HOME/.cache/headroom}
+#   HEADROOM_CELERY_VERSION  the celery pin of tests/python/requirements.txt
+#   HEADROOM_CELERY_VENV     $HEADROOM_CACHE/venv-celery-$HEADROOM_CELERY_VERSION
+#   HEADROOM_CELERY_PYTHON   $HEADROOM_CELERY_VENV/bin/python
+#   HEADROOM_CELERY_TOOL     tests/python/celery_tool.py (absolute path)
+#
+# Run it instead of sourcing it (`bash tests/scripts/env.sh`) and it prints
+# those variables as NAME=value lines, e.g. for a test harness to read.
+# It installs nothing: tests/scripts/install-testbed.sh does (and sources this).
+
+_headroom_env_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+HEADROOM_ROOT="$(cd "$_headroom_env_dir/../.." && pwd)"
+HEADROOM_CACHE="${HEADROOM_CACHE:-${HOME:-/tmp}/.cache/headroom}"
+HEADROOM_CELERY_REQUIREMENTS="$HEADROOM_ROOT/tests/python/requirements.txt"
+HEADROOM_CELERY_VERSION="$(sed -n 's/^celery\(\[[^]]*\]\)\{0,1\}==\([0-9A-Za-z.+-]*\).*/\2/p' \
+    "$HEADROOM_CELERY_REQUIREMENTS" 2>/dev/null | head -n 1)"
+if [ -z "$HEADROOM_CELERY_VERSION" ]; then
+    echo "env.sh: no 'celery==X' pin in $HEADROOM_CELERY_REQUIREMENTS" >&2
+    HEADROOM_CELERY_VERSION=unknown
+fi
+HEADROOM_CELERY_VENV="$HEADROOM_CACHE/venv-celery-$HEADROOM_CELERY_VERSION"
+HEADROOM_CELERY_PYTHON="$HEADROOM_CELERY_VENV/bin/python"
+HEADROOM_CELERY_TOOL="$HEADROOM_ROOT/tests/python/celery_tool.py"
+export HEADROOM_ROOT HEADROOM_CACHE HEADROOM_CELERY_REQUIREMENTS \
+    HEADROOM_CELERY_VERSION HEADROOM_CELERY_VENV HEADROOM_CELERY_PYTHON \
+    HEADROOM_CELERY_TOOL
+unset _headroom_env_dir
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    for _headroom_var in HEADROOM_ROOT HEADROOM_CACHE HEADROOM_CELERY_VERSION \
+        HEADROOM_CELERY_VENV HEADROOM_CELERY_PYTHON HEADROOM_CELERY_TOOL; do
+        printf '%s=%s\n' "$_headroom_var" "${!_headroom_var}"
+    done
+    unset _headroom_var
+fi
