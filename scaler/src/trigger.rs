@@ -212,3 +212,112 @@ mod tests {
         assert_eq!(err.keys(), ["metric"]);
     }
 }
+
+/// The parser is KEDA's first contact with whatever a user wrote: it must never panic, and what
+/// it accepts must be usable (a normalised name, a positive target).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> impl Strategy<Value = String> {
+        let mut known: Vec<String> = SourceKind::ALL
+            .iter()
+            .flat_map(|k| k.keys().iter())
+            .map(|k| k.to_string())
+            .collect();
+        known.extend(["source", "metric", "scalerAddress"].map(String::from));
+        let with_env: Vec<String> = known.iter().map(|k| format!("{k}FromEnv")).collect();
+        known.extend(with_env);
+        prop_oneof![
+            4 => proptest::sample::select(known),
+            1 => "\\PC{0,12}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(vec![
+                "celery",
+                "redis-list",
+                "depth",
+                "replicas",
+                "true",
+                "false",
+                "0",
+                "1",
+                "-1",
+                "5",
+                "5.0",
+                "",
+                " ",
+                "127.0.0.1:6379",
+                "[::1]:6379",
+                "h:0",
+                "h:65536",
+                "redis://h:1/2",
+                "rediss://u:p@h/0#insecure",
+                "a,b",
+                ",",
+                "0,3,6,9",
+                "\\x06\\x16",
+                "\\x",
+                "99999999999999999999",
+            ])
+            .prop_map(String::from),
+            "\\PC{0,24}",
+            any::<i64>().prop_map(|n| n.to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_metadata_parses_or_names_a_key(md in proptest::collection::hash_map(key(), value(), 0..12)) {
+            match Trigger::parse(&md) {
+                Ok(t) => {
+                    prop_assert!(t.target() > 0.0 && t.target().is_finite());
+                    prop_assert!(t.metric_name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'));
+                    let _ = t.query();
+                }
+                Err(e) => {
+                    prop_assert!(!e.problems.is_empty());
+                    prop_assert!(!e.keys().is_empty());
+                    prop_assert!(e.to_string().starts_with("invalid trigger metadata: "));
+                }
+            }
+        }
+
+        #[test]
+        fn well_formed_celery_metadata_round_trips(
+            queues in proptest::collection::btree_set("[a-z][a-z0-9_.-]{0,15}", 1..5),
+            per_replica in 1i64..1000,
+            activation in 0i64..1000,
+            db in 0i64..16,
+            port in 1u16..,
+        ) {
+            let queues: Vec<String> = queues.into_iter().collect();
+            let md: HashMap<String, String> = [
+                ("source", "celery".to_string()),
+                ("host", "redis.svc".to_string()),
+                ("port", port.to_string()),
+                ("databaseIndex", db.to_string()),
+                ("queues", queues.join(",")),
+                ("tasksPerReplica", per_replica.to_string()),
+                ("activationTasks", activation.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let t = Trigger::parse(&md).unwrap();
+            prop_assert_eq!(t.target(), per_replica as f64);
+            let SourceConfig::Celery(c) = &t.source else { unreachable!() };
+            prop_assert_eq!(&c.queues, &queues);
+            prop_assert_eq!(c.endpoint.port, port);
+            prop_assert_eq!(c.endpoint.db, db);
+            let d = Depth { waiting: activation as u64, in_flight: 1 };
+            prop_assert!(t.answer(&d).active);
+        }
+    }
+}

@@ -230,8 +230,28 @@ impl Celery {
     /// Sends `count` tasks to `queue` with `apply_async` (priority when given). Returns the
     /// time, as `time.time()`, right after the last send.
     pub fn enqueue(&self, queue: &str, count: u32, priority: Option<u8>) -> Result<f64> {
+        self.enqueue_timed(queue, count, priority).map(|(_, t)| t)
+    }
+
+    /// As [`Celery::enqueue`], returning the times right before the first `apply_async` and
+    /// right after the last.
+    /// The producer is warm (connected, queue declared) before the first send, as in a running
+    /// application.
+    pub fn enqueue_timed(
+        &self,
+        queue: &str,
+        count: u32,
+        priority: Option<u8>,
+    ) -> Result<(f64, f64)> {
         let mut c = self.command();
-        c.args(["enqueue", "--queue", queue, "--count", &count.to_string()]);
+        c.args([
+            "enqueue",
+            "--warm",
+            "--queue",
+            queue,
+            "--count",
+            &count.to_string(),
+        ]);
         if let Some(p) = priority {
             c.args(["--priority", &p.to_string()]);
         }
@@ -245,7 +265,10 @@ impl Celery {
         let line = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(line.trim().lines().last().unwrap_or(""))
             .context("enqueue output")?;
-        v["t"].as_f64().context("enqueue output has t")
+        Ok((
+            v["t0"].as_f64().context("enqueue output has t0")?,
+            v["t"].as_f64().context("enqueue output has t")?,
+        ))
     }
 
     /// Starts a real worker on `queues` and waits until it consumes.
