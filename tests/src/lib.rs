@@ -69,6 +69,33 @@ impl RedisServer {
         Ok(s)
     }
 
+    /// Starts a TLS-only server (`--tls-port`) with these PEM files; clients need not present
+    /// certificates.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Self> {
+        let port = free_port();
+        let mut s = Self {
+            port,
+            args: [
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]
+            .to_vec(),
+            child: None,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
