@@ -221,13 +221,20 @@ async fn a_backend_that_accepts_but_never_answers_times_out_as_unavailable() {
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(took < Duration::from_millis(2500), "took {took:?}");
 
-    // A caller's own deadline shorter than the backend timeout is honoured.
+    // A caller's own deadline shorter than the backend timeout is honoured: with a 10 s backend
+    // timeout, a 200 ms deadline must end the call long before the read would.
+    let (_s, mut c) = start_scaler(ServeConfig {
+        backend_timeout: Duration::from_secs(10),
+        ..config()
+    })
+    .await
+    .unwrap();
     let mut req = tonic::Request::new(so_ref(m));
     req.set_timeout(Duration::from_millis(200));
     let started = Instant::now();
     let e = c.is_active(req).await.unwrap_err();
     assert!(
-        started.elapsed() < Duration::from_millis(700),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
@@ -303,7 +310,13 @@ async fn ten_thousand_distinct_triggers_at_once_get_their_own_values() {
         }
     }
     let _: () = pipe.query(&mut conn).unwrap();
-    let (s, c) = start_scaler(ServeConfig::local()).await.unwrap();
+    // A backend timeout long enough that every read gets its turn even on a loaded machine: this
+    // test is about every trigger getting its own value, not about speed (the benchmark is).
+    let config = ServeConfig {
+        backend_timeout: Duration::from_secs(30),
+        ..ServeConfig::local()
+    };
+    let (s, c) = start_scaler(config).await.unwrap();
     let started = Instant::now();
     let calls = (0..10_000u32).map(|i| {
         let mut c = c.clone();
@@ -326,32 +339,13 @@ async fn ten_thousand_distinct_triggers_at_once_get_their_own_values() {
     let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(calls))
         .await
         .expect("no hang: every call answered");
-    // Each answer is the trigger's own value or a clear UNAVAILABLE (a read that could not get a
-    // turn within the backend timeout on a loaded machine) — never a wrong value, never a 0
-    // for a non-empty queue.
-    let mut right = 0;
     for r in results {
-        match r {
-            Ok((i, v)) => {
-                assert_eq!(v, (i % 4) as f64, "list-{i}");
-                right += 1;
-            }
-            Err(e) => {
-                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
-                assert!(e.message().contains("timed out"), "{}", e.message());
-            }
-        }
+        let (i, v) = r.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(v, (i % 4) as f64, "list-{i}");
     }
     eprintln!(
-        "10 000 distinct triggers at once: {right} values, {} timeouts, in {:?}",
-        10_000 - right,
+        "10 000 distinct triggers at once: all answered with their own values in {:?}",
         started.elapsed()
-    );
-    // With 64 reads in flight per endpoint all 10 000 are answered in about 2 s here; the margin
-    // is for a loaded CI machine, not for wrong answers (those fail above).
-    assert!(
-        right >= 9_000,
-        "only {right} of 10 000 answered with a value"
     );
     assert!(s.scaler.observations().len() >= 10_000);
 }

@@ -225,25 +225,48 @@ fn bad_flags_exit_64_listing_every_problem() {
 #[tokio::test]
 async fn the_binary_serves_metrics_json_logs_and_stops_on_sigterm() {
     let redis = RedisServer::start(&[]).unwrap();
-    let (grpc, http) = (free_port(), free_port());
+    // Port 0: the binary binds, then logs the addresses it got (a port picked here could be
+    // taken by a concurrent test before the binary binds it).
     let mut child = Command::new(scaler_bin())
         .args(["--log-format", "json", "serve"])
-        .env("HEADROOM_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("HEADROOM_METRICS_ADDR", format!("127.0.0.1:{http}"))
+        .env("HEADROOM_GRPC_ADDR", "127.0.0.1:0")
+        .env("HEADROOM_METRICS_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut c = eventually(Duration::from_secs(10), "scaler to listen", || async move {
-        let ch = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
-            .unwrap()
-            .connect()
-            .await
-            .ok()?;
-        Some(ExternalScalerClient::new(ch))
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (serving, mut logs) = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut seen = String::new();
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap() > 0 {
+            seen.push_str(&line);
+            if line.contains("\"serving\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                return (v, (seen, stderr));
+            }
+            line.clear();
+        }
+        panic!("the binary exited without serving:\n{seen}");
     })
     .await
     .unwrap();
+    let addr = |field: &str| -> std::net::SocketAddr {
+        serving["fields"][field]
+            .as_str()
+            .or_else(|| serving[field].as_str())
+            .unwrap_or_else(|| panic!("no {field} in {serving}"))
+            .parse()
+            .unwrap()
+    };
+    let (grpc, http) = (addr("grpc_addr").port(), addr("metrics_addr").port());
+    let ch = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = ExternalScalerClient::new(ch);
     let m = md(&[("source", "celery"), ("address", &redis.address())]);
     poll(&mut c, &m).await.unwrap();
     let bad = md(&[("source", "celery"), ("address", "127.0.0.1:1")]);
@@ -266,13 +289,14 @@ async fn the_binary_serves_metrics_json_logs_and_stops_on_sigterm() {
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     // Wait off the runtime, so the open client connection can answer the server's GOAWAY.
-    let (status, mut child) = tokio::task::spawn_blocking(move || (child.wait(), child))
+    let (status, _child) = tokio::task::spawn_blocking(move || (child.wait(), child))
         .await
         .unwrap();
     let status = status.unwrap();
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let logs = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    let rest = std::io::read_to_string(&mut logs.1).unwrap();
+    let logs = logs.0 + &rest;
     let first = logs.lines().next().unwrap();
     let v: serde_json::Value =
         serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));

@@ -60,22 +60,19 @@ impl RedisServer {
     /// Starts a server with no persistence and the given extra arguments
     /// (e.g. `["--notify-keyspace-events", "Kl"]`, `["--requirepass", "pw"]`).
     pub fn start(extra: &[&str]) -> Result<Self> {
-        let mut s = Self {
-            port: free_port(),
-            args: extra.iter().map(|a| a.to_string()).collect(),
-            child: None,
-        };
-        s.spawn()?;
-        Ok(s)
+        let args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        Self::start_on_free_port(|port| {
+            let mut all = vec!["--port".to_string(), port.to_string()];
+            all.extend(args.iter().cloned());
+            all
+        })
     }
 
     /// Starts a TLS-only server (`--tls-port`) with these PEM files; clients need not present
     /// certificates.
     pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Self> {
-        let port = free_port();
-        let mut s = Self {
-            port,
-            args: [
+        Self::start_on_free_port(|port| {
+            [
                 "--port".into(),
                 "0".into(),
                 "--tls-port".into(),
@@ -89,31 +86,87 @@ impl RedisServer {
                 "--tls-auth-clients".into(),
                 "no".into(),
             ]
-            .to_vec(),
-            child: None,
-        };
-        s.spawn()?;
-        Ok(s)
+            .to_vec()
+        })
     }
 
+    /// A port that was free a moment ago may be taken by the time redis-server binds it (other
+    /// tests pick ports concurrently): try a few ports before giving up.
+    fn start_on_free_port(args: impl Fn(u16) -> Vec<String>) -> Result<Self> {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port();
+            let mut s = Self {
+                port,
+                args: args(port),
+                child: None,
+            };
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    /// Runs redis-server and waits until it listens. Fails when it exits (its port was taken)
+    /// or when another process answers on its port.
     fn spawn(&mut self) -> Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("cannot run redis-server: run tests/scripts/install-testbed.sh")?;
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
+        let tls = self.args.iter().any(|a| a == "--tls-port");
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "redis-server for port {} exited at start ({status}); the port was probably taken",
+                    self.port
+                );
+            }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
+                // A TLS server cannot be asked in plain text; it is ours if it is still alive.
+                let ours = tls || self.answering_pid() == Some(child.id());
+                std::thread::sleep(Duration::from_millis(20));
+                if ours && child.try_wait().ok().flatten().is_none() {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("another process answers on port {}", self.port);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         bail!("redis-server did not listen on {} within 5 s", self.port)
+    }
+
+    /// The `process_id` of the Redis server answering on our port (`None` when what answers is
+    /// not a Redis server).
+    fn answering_pid(&self) -> Option<u32> {
+        let password = self
+            .args
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.args.get(i + 1))
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        let url = format!("redis://{password}127.0.0.1:{}/", self.port);
+        let client = redis::Client::open(url).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok())
     }
 
     /// Kills the server (as a crash would).
@@ -443,4 +496,47 @@ pub async fn poll(
         value_int: value.metric_value,
         active,
     })
+}
+
+/// Opens a stream, checks the first message is the current state (`false`), enqueues one real
+/// Celery task, and returns the time from the start of a warm `apply_async` to the `true`
+/// message (so it includes the producer's LPUSH).
+pub async fn time_to_push(redis: &RedisServer) -> Duration {
+    let (_s, mut c) = start_scaler(ServeConfig::local()).await.unwrap();
+    let m = md(&[
+        ("source", "celery"),
+        ("address", &redis.address()),
+        ("queues", "burst"),
+    ]);
+    let mut stream = c.stream_is_active(so_ref(m)).await.unwrap().into_inner();
+    let first = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures::StreamExt::next(&mut stream),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert!(!first.result, "an empty queue is inactive");
+
+    let celery = Celery::new(redis);
+    let waiter = tokio::spawn(async move {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::StreamExt::next(&mut stream),
+        )
+        .await;
+        (unix_now(), msg)
+    });
+    let (before, _after) =
+        tokio::task::spawn_blocking(move || celery.enqueue_timed("burst", 1, None).unwrap())
+            .await
+            .unwrap();
+    let (received, msg) = waiter.await.unwrap();
+    assert!(
+        msg.unwrap().unwrap().unwrap().result,
+        "the next message is true"
+    );
+    // Measured from the call, so it includes apply_async's own connect and LPUSH.
+    Duration::from_secs_f64((received - before).max(0.0))
 }
