@@ -2,7 +2,7 @@
 //! Headroom needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["externalscaler.proto"];
+    let protos = ["externalscaler.proto", "headroom/v1/demand.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -3,6 +3,18 @@
 //! [`externalscaler`] is KEDA's external scaler protocol, byte-for-byte: package `externalscaler`,
 //! service `ExternalScaler`, the same message and field numbers, so KEDA's operator and metrics
 //! server talk to `headroom-scaler` as to any external scaler.
+//!
+//! [`headroom::v1`] is Headroom's own: `Demand`, which the provisioner calls for the replicas a
+//! ScaledObject needs now and over the next horizon.
+
+/// Headroom's own services (`headroom.v1`): the Demand service between the scaler and the
+/// provisioner.
+pub mod headroom {
+    #[allow(clippy::all, missing_docs)]
+    pub mod v1 {
+        tonic::include_proto!("headroom.v1");
+    }
+}
 
 /// KEDA's `externalscaler` package (client and server).
 #[allow(clippy::all, missing_docs, deprecated)]
