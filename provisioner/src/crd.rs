@@ -1,0 +1,292 @@
+//! The `PrewarmPolicy` custom resource (`headroom.dev/v1alpha1`).
+//!
+//! The Rust types are the source of truth: `headroom-provisioner crd` prints the CRD generated
+//! from them, the committed copy lives in `charts/headroom/crds/`, and a test fails when the two
+//! differ.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Capacity kept warm for one KEDA ScaledObject, ahead of what its queues will need.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "headroom.dev",
+    version = "v1alpha1",
+    kind = "PrewarmPolicy",
+    plural = "prewarmpolicies",
+    shortname = "pwp",
+    namespaced,
+    status = "PrewarmPolicyStatus",
+    printcolumn = r#"{"name":"ScaledObject","type":"string","jsonPath":".spec.scaledObjectRef.name"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredNodes"}"#,
+    printcolumn = r#"{"name":"Warm","type":"integer","jsonPath":".status.warmNodes"}"#,
+    printcolumn = r#"{"name":"InFlight","type":"integer","jsonPath":".status.inFlightNodes"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PrewarmPolicySpec {
+    /// The KEDA ScaledObject, in the policy's namespace, whose demand this policy follows. Its
+    /// scale target's pod template gives the shape of the capacity (GPU, CPU and memory
+    /// requests, node selector, affinity, tolerations).
+    pub scaled_object_ref: LocalRef,
+    /// gRPC address of headroom-scaler's Demand service, e.g.
+    /// `headroom-scaler.headroom.svc:9090`.
+    pub demand_address: String,
+    /// How far ahead capacity is asked for: node boot plus image pull plus start-up, e.g. `3m`.
+    /// Default `3m`.
+    #[serde(default = "default_lead_time")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub lead_time: String,
+    /// How capacity is made: `karpenter` (NodeClaims), `overprovision` (pause pods under a
+    /// negative PriorityClass) or `ec2` (instances launched directly).
+    pub mode: CapacityMode,
+    /// Parameters of `mode: karpenter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub karpenter: Option<KarpenterSpec>,
+    /// Parameters of `mode: overprovision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overprovision: Option<OverprovisionSpec>,
+    /// Parameters of `mode: ec2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Spec>,
+    /// Hard limits: capacity is never created beyond them.
+    pub limits: LimitsSpec,
+    /// GPUs kept warm and idle at all times, on top of the forecast. Default 0.
+    #[serde(default)]
+    pub min_warm_gpus: u32,
+    /// How long capacity must have gone unneeded before it is removed, e.g. `10m`. Idle capacity
+    /// only: capacity running pods is never removed. Default `10m`.
+    #[serde(default = "default_scale_down_after")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub scale_down_after: String,
+}
+
+fn default_lead_time() -> String {
+    "3m".into()
+}
+
+fn default_scale_down_after() -> String {
+    "10m".into()
+}
+
+/// A reference to an object in the policy's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CapacityMode {
+    Karpenter,
+    Overprovision,
+    Ec2,
+}
+
+/// `mode: karpenter`: NodeClaims (`karpenter.sh/v1`) created ahead of demand.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KarpenterSpec {
+    /// The NodePool whose template (node class, requirements, taints) the NodeClaims copy; they
+    /// carry its `karpenter.sh/nodepool` label, so they count toward its limits.
+    #[schemars(length(min = 1))]
+    pub node_pool: String,
+    /// Instance types to choose from, narrowed by the pod shape; empty: those the NodePool's
+    /// requirements allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_types: Vec<InstanceType>,
+}
+
+/// An instance type the planner may use, with what it holds and costs.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceType {
+    /// e.g. `g5.xlarge`.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    pub gpus: u32,
+    /// Allocatable CPU, as a Kubernetes quantity (`3920m`).
+    pub cpu: String,
+    /// Allocatable memory, as a Kubernetes quantity (`14Gi`).
+    pub memory: String,
+    /// Price per hour (on-demand), for `maxHourlyCost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly_price: Option<f64>,
+}
+
+/// `mode: overprovision`: a Deployment of pause pods shaped like the workload's pods, under a
+/// negative PriorityClass, so any node autoscaler brings nodes up and real pods preempt them.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OverprovisionSpec {
+    /// The PriorityClass of the pause pods; created with value -10 when missing. Default
+    /// `headroom-overprovision`.
+    #[serde(default = "default_priority_class")]
+    pub priority_class_name: String,
+    /// Image of the placeholder pods. Default `registry.k8s.io/pause:3.10`.
+    #[serde(default = "default_pause_image")]
+    pub pause_image: String,
+}
+
+fn default_priority_class() -> String {
+    "headroom-overprovision".into()
+}
+
+fn default_pause_image() -> String {
+    "registry.k8s.io/pause:3.10".into()
+}
+
+/// `mode: ec2`: instances launched with CreateFleet (`instant`), for clusters without Karpenter.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ec2Spec {
+    pub region: String,
+    /// The launch template (its user data joins the node to the cluster).
+    pub launch_template: LaunchTemplateRef,
+    /// Instance types, in order of preference, with what they hold.
+    #[schemars(length(min = 1))]
+    pub instance_types: Vec<InstanceType>,
+    /// Subnets to launch into; empty: the launch template's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnet_ids: Vec<String>,
+    /// Try spot first, then on-demand on insufficient capacity. Default true.
+    #[serde(default = "yes")]
+    pub spot: bool,
+    /// Stopped instances kept ready to start (faster than launching). Default 0 (off).
+    #[serde(default)]
+    pub warm_pool_size: u32,
+    /// Endpoint override (an EC2-compatible API, for tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchTemplateRef {
+    /// `lt-...`; give this or `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Default `$Default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// Hard limits of a policy.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Most nodes this policy holds at once.
+    pub max_nodes: u32,
+    /// Most GPUs this policy holds at once.
+    pub max_gpus: u32,
+    /// Most cost per hour of what this policy holds (in the instance types' currency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hourly_cost: Option<f64>,
+}
+
+/// What the provisioner last saw and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrewarmPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes the last plan wanted (after limits).
+    #[serde(default)]
+    pub desired_nodes: u32,
+    /// Nodes ready for pods.
+    #[serde(default)]
+    pub warm_nodes: u32,
+    /// Nodes asked for and not ready yet.
+    #[serde(default)]
+    pub in_flight_nodes: u32,
+    /// Replicas the last forecast wanted within the lead time, and when it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_forecast: Option<ForecastStatus>,
+    /// Seconds from asking for a node to its being ready, for the most recent node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_time_to_capacity_seconds: Option<f64>,
+    /// `Ready`, `LimitReached`, `DemandAvailable`, `ShapeResolved`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForecastStatus {
+    pub peak_replicas: u32,
+    pub desired_replicas_now: u32,
+    /// RFC 3339.
+    pub observed_at: String,
+}
+
+/// A status condition, as `metav1.Condition`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// CamelCase.
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The CRD as YAML, as committed in `charts/headroom/crds/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&PrewarmPolicy::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed CRD is what the types generate (regenerate with
+    /// `cargo run -p headroom-provisioner -- crd > charts/headroom/crds/prewarmpolicies.headroom.dev.yaml`).
+    #[test]
+    fn committed_crd_matches_the_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/headroom/crds/prewarmpolicies.headroom.dev.yaml"
+        );
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = crd_yaml().unwrap();
+        assert!(
+            committed == generated,
+            "{path} is stale: regenerate it with `cargo run -p headroom-provisioner -- crd`"
+        );
+    }
+
+    #[test]
+    fn a_minimal_policy_gets_the_documented_defaults() {
+        let spec: PrewarmPolicySpec = serde_yaml::from_str(
+            "scaledObjectRef: {name: gpu-worker}\n\
+             demandAddress: headroom-scaler.headroom.svc:9090\n\
+             mode: karpenter\n\
+             karpenter: {nodePool: gpu}\n\
+             limits: {maxNodes: 4, maxGpus: 4}\n",
+        )
+        .unwrap();
+        assert_eq!(spec.lead_time, "3m");
+        assert_eq!(spec.scale_down_after, "10m");
+        assert_eq!(spec.min_warm_gpus, 0);
+        assert_eq!(spec.mode, CapacityMode::Karpenter);
+    }
+}
