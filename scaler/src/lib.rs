@@ -12,10 +12,15 @@
 pub mod check;
 pub mod cli;
 pub mod error;
+pub mod estimate;
+pub mod forecast;
 pub mod metadata;
 pub mod metrics;
 pub mod observations;
+pub mod planner;
+pub mod policy;
 pub mod push;
+pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod sources;
