@@ -182,10 +182,12 @@ pub struct ForecastError {
     pub total_on_week_bins: Option<Score>,
 }
 
+/// (bin, model forecast, naive forecast, naive-day, naive-week) made H bins before `bin`.
+type Pending = (i64, f64, Option<f64>, Option<f64>, Option<f64>);
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 struct Tracker {
-    /// (bin, model forecast, naive forecast, naive-day, naive-week) made H bins before `bin`.
-    pending: VecDeque<(i64, f64, Option<f64>, Option<f64>, Option<f64>)>,
+    pending: VecDeque<Pending>,
     recent: Acc,
     recent_naive: Acc,
     total: Acc,
@@ -721,7 +723,7 @@ mod tests {
             let n = if k % 97 == 0 { 1e7 } else { 0.0 };
             f.observe(t, t + 300.0, n);
             if let Some(r) = f.rate_at(t + 600.0) {
-                assert!(r.is_finite() && r >= 0.0 && r < 1e7, "{r}");
+                assert!(r.is_finite() && (0.0..1e7).contains(&r), "{r}");
             }
         }
     }

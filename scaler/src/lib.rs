@@ -11,12 +11,14 @@
 
 pub mod check;
 pub mod cli;
+pub mod demand;
 pub mod error;
 pub mod estimate;
 pub mod forecast;
 pub mod metadata;
 pub mod metrics;
 pub mod observations;
+pub mod planned;
 pub mod planner;
 pub mod policy;
 pub mod push;

@@ -20,6 +20,10 @@ pub const PUSH_STREAMS: &str = "headroom_scaler_push_streams";
 pub const PUSH_WATCHERS: &str = "headroom_scaler_push_watchers";
 pub const PUSH_ACTIVATIONS: &str = "headroom_scaler_push_activations_total";
 pub const PUSH_LATENCY: &str = "headroom_scaler_push_detect_duration_seconds";
+pub const DESIRED_REPLICAS: &str = "headroom_scaler_desired_replicas";
+pub const FORECAST_REPLICAS: &str = "headroom_scaler_forecast_replicas";
+pub const FORECAST_ERROR: &str = "headroom_scaler_forecast_error_ratio";
+pub const PLANNERS: &str = "headroom_scaler_planners";
 pub const BUILD_INFO: &str = "headroom_build_info";
 
 /// Buckets for RPC and backend latencies: 100 µs to 5 s.
@@ -77,6 +81,19 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time from a keyspace event (or poll tick) to the activation it revealed."
     );
+    describe_gauge!(
+        DESIRED_REPLICAS,
+        "Planned mode: replicas the policy wants now (backlog, arrivals, forecast within the lead time, schedule)."
+    );
+    describe_gauge!(
+        FORECAST_REPLICAS,
+        "The largest replicas of the last Demand forecast over its horizon."
+    );
+    describe_gauge!(
+        FORECAST_ERROR,
+        "Recent forecast error of arrivals at the lead time (weighted absolute percentage, 0.25 = 25 %)."
+    );
+    describe_gauge!(PLANNERS, "Planned-mode planners (queue histories) held.");
     describe_gauge!(BUILD_INFO, "Build information; always 1.");
     gauge!(BUILD_INFO, "component" => "scaler", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -120,6 +137,46 @@ pub fn trigger_reading(
     gauge!(QUEUE_DEPTH, &labels).set(waiting as f64);
     gauge!(QUEUE_IN_FLIGHT, &labels).set(in_flight as f64);
     gauge!(METRIC_VALUE, &labels).set(value);
+}
+
+fn trigger_labels(
+    namespace: &str,
+    scaled_object: &str,
+    metric: &str,
+) -> [(&'static str, String); 3] {
+    [
+        ("namespace", namespace.to_string()),
+        ("scaled_object", scaled_object.to_string()),
+        ("metric", metric.to_string()),
+    ]
+}
+
+pub fn desired_replicas(namespace: &str, scaled_object: &str, metric: &str, replicas: u32) {
+    gauge!(
+        DESIRED_REPLICAS,
+        &trigger_labels(namespace, scaled_object, metric)
+    )
+    .set(f64::from(replicas));
+}
+
+pub fn forecast_replicas(namespace: &str, scaled_object: &str, metric: &str, replicas: u32) {
+    gauge!(
+        FORECAST_REPLICAS,
+        &trigger_labels(namespace, scaled_object, metric)
+    )
+    .set(f64::from(replicas));
+}
+
+pub fn forecast_error(namespace: &str, scaled_object: &str, metric: &str, ratio: f64) {
+    gauge!(
+        FORECAST_ERROR,
+        &trigger_labels(namespace, scaled_object, metric)
+    )
+    .set(ratio);
+}
+
+pub fn planners(n: usize) {
+    gauge!(PLANNERS).set(n as f64);
 }
 
 pub fn push_streams(delta: f64) {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
@@ -18,6 +18,8 @@ use crate::sources::{Backends, Depth, Query, SourceError};
 struct Reading {
     /// When the read started: a reading answers for the state at or after this instant.
     started: Instant,
+    /// The same instant on the wall clock, for history and forecasts.
+    at: SystemTime,
     result: Result<Depth, SourceError>,
 }
 
@@ -67,23 +69,30 @@ impl Observations {
 
     /// A reading no older than the TTL.
     pub async fn get(&self, query: &Query) -> Result<Depth, SourceError> {
+        self.get_at(query).await.map(|(depth, _)| depth)
+    }
+
+    /// A reading no older than the TTL, with the wall-clock time it was taken.
+    pub async fn get_at(&self, query: &Query) -> Result<(Depth, SystemTime), SourceError> {
         if self.ttl.is_zero() {
-            return self.read(query).await;
+            let at = SystemTime::now();
+            return self.read(query).await.map(|d| (d, at));
         }
         let slot = self.slot(query);
         let mut reading = slot.reading.lock().await;
         if let Some(r) = reading.as_ref().filter(|r| r.started.elapsed() < self.ttl) {
             metrics::observation_served(query.kind(), true);
-            return r.result.clone();
+            return r.result.clone().map(|d| (d, r.at));
         }
         metrics::observation_served(query.kind(), false);
-        let started = Instant::now();
+        let (started, at) = (Instant::now(), SystemTime::now());
         let result = self.read(query).await;
         *reading = Some(Reading {
             started,
+            at,
             result: result.clone(),
         });
-        result
+        result.map(|d| (d, at))
     }
 
     /// A reading that started after this call: for push activation, which must not act on a
@@ -98,10 +107,11 @@ impl Observations {
         if let Some(r) = reading.as_ref().filter(|r| r.started >= asked) {
             return r.result.clone();
         }
-        let started = Instant::now();
+        let (started, at) = (Instant::now(), SystemTime::now());
         let result = self.read(query).await;
         *reading = Some(Reading {
             started,
+            at,
             result: result.clone(),
         });
         result

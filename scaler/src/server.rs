@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::get;
 use headroom_proto::externalscaler::external_scaler_server::ExternalScalerServer;
+use headroom_proto::headroom::v1::demand_server::DemandServer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -16,6 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::metrics;
 use crate::observations::Observations;
 use crate::push::{PushHub, PushSettings};
 use crate::service::Scaler;
@@ -290,6 +292,7 @@ pub async fn start(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ExternalScalerServer<Scaler>>().await;
+    health.set_serving::<DemandServer<Scaler>>().await;
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -304,7 +307,8 @@ pub async fn start(
     }
     let router = builder
         .add_service(health_service)
-        .add_service(ExternalScalerServer::new(scaler.clone()));
+        .add_service(ExternalScalerServer::new(scaler.clone()))
+        .add_service(DemandServer::new(scaler.clone()));
 
     let ready = CancellationToken::new();
     let app = axum::Router::new()
@@ -332,12 +336,20 @@ pub async fn start(
 
     let sweeper = {
         let observations = observations.clone();
+        let scaler = scaler.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { observations.sweep(Duration::from_secs(600)); }
+                    _ = tick.tick() => {
+                        observations.sweep(Duration::from_secs(600));
+                        // Planners hold a queue's learned history: kept for a day without calls
+                        // (a ScaledObject paused overnight keeps its forecast).
+                        scaler.plans().sweep(Duration::from_secs(86_400));
+                        metrics::planners(scaler.plans().len());
+                        scaler.seen().sweep(Duration::from_secs(600));
+                    }
                     () = shutdown.cancelled() => return,
                 }
             }
@@ -362,6 +374,7 @@ pub async fn start(
                     health
                         .set_not_serving::<ExternalScalerServer<Scaler>>()
                         .await;
+                    health.set_not_serving::<DemandServer<Scaler>>().await;
                     tracing::info!(grace = ?grace, "shutting down");
                 }
             };

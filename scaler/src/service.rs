@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use headroom_proto::externalscaler::external_scaler_server::ExternalScaler;
 use headroom_proto::externalscaler::{
@@ -23,11 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::demand::Seen;
 use crate::error::Error;
 use crate::metrics;
 use crate::observations::Observations;
+use crate::planned::Plans;
 use crate::push::PushHub;
-use crate::sources::SourceKind;
+use crate::sources::{Depth, SourceKind};
 use crate::trigger::{Answer, Trigger};
 
 /// The scaler's state shared by all calls.
@@ -35,6 +37,8 @@ use crate::trigger::{Answer, Trigger};
 pub struct Scaler {
     observations: Arc<Observations>,
     push: Arc<PushHub>,
+    plans: Arc<Plans>,
+    seen: Arc<Seen>,
     shutdown: CancellationToken,
     heartbeat: Duration,
 }
@@ -50,6 +54,8 @@ impl Scaler {
         Self {
             observations,
             push,
+            plans: Arc::default(),
+            seen: Arc::default(),
             shutdown,
             heartbeat,
         }
@@ -57,6 +63,21 @@ impl Scaler {
 
     pub fn observations(&self) -> &Arc<Observations> {
         &self.observations
+    }
+
+    /// Planned mode's per-queue planners.
+    pub fn plans(&self) -> &Arc<Plans> {
+        &self.plans
+    }
+
+    /// The triggers KEDA has called about, for the Demand service.
+    pub fn seen(&self) -> &Arc<Seen> {
+        &self.seen
+    }
+
+    /// Resolves when the server begins shutting down.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await
     }
 
     /// Queues watched for push activation right now.
@@ -79,15 +100,29 @@ impl Scaler {
 
     /// Reads the trigger's queue (through the observation cache) and answers for it.
     pub async fn answer(&self, r: &ScaledObjectRef, trigger: &Trigger) -> Result<Answer, Error> {
-        let depth = self
-            .observations
-            .get(&trigger.query())
-            .await
-            .map_err(|error| Error::Source {
-                source_name: trigger.kind().name(),
-                error,
-            })?;
-        let answer = trigger.answer(&depth);
+        let (depth, read_at) =
+            self.observations
+                .get_at(&trigger.query())
+                .await
+                .map_err(|error| Error::Source {
+                    source_name: trigger.kind().name(),
+                    error,
+                })?;
+        self.seen.record(
+            &r.namespace,
+            &r.name,
+            &trigger.metric_name,
+            &r.scaler_metadata,
+        );
+        let answer = self.evaluate(trigger, &depth, read_at);
+        if trigger.planned().is_some() {
+            metrics::desired_replicas(
+                &r.namespace,
+                &r.name,
+                &trigger.metric_name,
+                answer.value as u32,
+            );
+        }
         metrics::trigger_reading(
             &r.namespace,
             &r.name,
@@ -98,6 +133,28 @@ impl Scaler {
             answer.value,
         );
         Ok(answer)
+    }
+
+    /// The answer for a reading taken at `read_at`: KEDA's rule in depth mode, the planner's
+    /// in planned mode (which also records the reading in the queue's history).
+    pub fn evaluate(&self, trigger: &Trigger, depth: &Depth, read_at: SystemTime) -> Answer {
+        match trigger.planned() {
+            None => trigger.answer(depth),
+            Some(config) => {
+                let a = self.plans.answer(
+                    &trigger.query(),
+                    config,
+                    depth,
+                    read_at,
+                    SystemTime::now(),
+                    None,
+                );
+                Answer {
+                    value: f64::from(a.decision.desired),
+                    active: a.decision.active,
+                }
+            }
+        }
     }
 
     pub fn metric_value(trigger: &Trigger, answer: &Answer) -> GetMetricsResponse {
@@ -272,10 +329,23 @@ impl Scaler {
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.tick().await; // the first tick is immediate
         let mut sent: Option<bool> = None;
+        // Planned mode can turn active with no change in the queue (a schedule window opening,
+        // the forecast), so its streams re-evaluate every second; depth mode only on readings.
+        let mut reevaluate = tokio::time::interval(if trigger.planned().is_some() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(86_400)
+        });
+        reevaluate.tick().await;
+        let mut last: Option<(Depth, SystemTime)> = None;
         loop {
-            let reading = readings.borrow_and_update().clone();
-            if let Some(Ok(depth)) = reading {
-                let active = trigger.answer(&depth).active;
+            if let Some(Ok(depth)) = readings.borrow_and_update().clone()
+                && last.as_ref().is_none_or(|(d, _)| *d != depth)
+            {
+                last = Some((depth, SystemTime::now()));
+            }
+            if let Some((depth, read_at)) = &last {
+                let active = self.evaluate(&trigger, depth, *read_at).active;
                 if sent != Some(active) {
                     if active && sent == Some(false) {
                         metrics::push_activation(trigger.kind());
@@ -293,6 +363,7 @@ impl Scaler {
             }
             tokio::select! {
                 changed = readings.changed() => if changed.is_err() { break },
+                _ = reevaluate.tick() => {}
                 _ = heartbeat.tick() => {
                     if let Some(active) = sent
                         && tx.send(Ok(IsActiveResponse { result: active })).await.is_err()

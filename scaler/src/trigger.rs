@@ -3,19 +3,23 @@
 use std::collections::HashMap;
 
 use crate::metadata::{MetadataError, Problem, Reader, normalize_metric_name};
+use crate::planner::{self, PlannedConfig};
 use crate::sources::{Depth, Query, SourceConfig, SourceKind};
 
 /// What the trigger's metric means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum MetricMode {
     /// `metric: depth` (default): the KEDA-compatible value and target of the source.
     Depth,
+    /// `metric: replicas` (planned mode): value = the replicas the queue-aware policy wants now
+    /// and within `leadTimeSeconds` (forecast, schedule), target 1.
+    Replicas(Box<PlannedConfig>),
 }
 
 /// A parsed trigger.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trigger {
-    /// `source` (required): `celery` or `redis-list`.
+    /// `source` (required): the kind of queue.
     pub source: SourceConfig,
     /// `metric` (default `depth`).
     pub metric: MetricMode,
@@ -54,17 +58,16 @@ impl Trigger {
                 }
             },
         };
-        let metric = match r.string("metric").as_deref() {
-            None | Some("depth") => MetricMode::Depth,
+        let planned = match r.string("metric").as_deref() {
+            None | Some("depth") => false,
+            Some("replicas") => true,
             Some(other) => {
                 r.problem(Problem::Invalid {
                     key: "metric".into(),
                     value: Some(other.into()),
-                    expected:
-                        "`depth` (planned mode, `replicas`, is not available in this version)"
-                            .into(),
+                    expected: "`depth` or `replicas`".into(),
                 });
-                MetricMode::Depth
+                false
             }
         };
         let Some(kind) = kind else {
@@ -72,7 +75,17 @@ impl Trigger {
             return Err(r.into_error());
         };
         let source = SourceConfig::parse(kind, &mut r);
+        // The source owns the per-replica target (tasksPerReplica, listLength, ...): planned
+        // mode uses it as its fallback when no service time is known.
+        let metric = match (&source, planned) {
+            (Some(source), true) => PlannedConfig::parse(&mut r, Some(source.target()))
+                .map(|c| MetricMode::Replicas(Box::new(c))),
+            _ => Some(MetricMode::Depth),
+        };
         let hint = |key: &str| -> Option<String> {
+            if !planned && planner::KEYS.contains(&key) {
+                return Some("read only with `metric: replicas`".into());
+            }
             let users: Vec<&str> = SourceKind::ALL
                 .iter()
                 .filter(|k| **k != kind && k.keys().contains(&key))
@@ -87,7 +100,7 @@ impl Trigger {
             })
         };
         r.finish(&hint)?;
-        let Some(source) = source else {
+        let (Some(source), Some(metric)) = (source, metric) else {
             // Every parser records a problem before returning None.
             return Err(MetadataError::one(Problem::Missing {
                 key: "source".into(),
@@ -109,6 +122,16 @@ impl Trigger {
     pub fn target(&self) -> f64 {
         match self.metric {
             MetricMode::Depth => self.source.target(),
+            // The value is already a replica count.
+            MetricMode::Replicas(_) => 1.0,
+        }
+    }
+
+    /// Planned mode's configuration, when the trigger is in planned mode.
+    pub fn planned(&self) -> Option<&PlannedConfig> {
+        match &self.metric {
+            MetricMode::Depth => None,
+            MetricMode::Replicas(c) => Some(c),
         }
     }
 
@@ -116,12 +139,12 @@ impl Trigger {
         self.source.query()
     }
 
+    /// The KEDA-compatible answer for a reading (`metric: depth`; planned mode is answered by
+    /// [`crate::planned::Plans`], which keeps each queue's history).
     pub fn answer(&self, depth: &Depth) -> Answer {
-        match self.metric {
-            MetricMode::Depth => Answer {
-                value: self.source.value(depth),
-                active: self.source.is_active(depth),
-            },
+        Answer {
+            value: self.source.value(depth),
+            active: self.source.is_active(depth),
         }
     }
 }
@@ -202,14 +225,57 @@ mod tests {
     }
 
     #[test]
-    fn planned_mode_is_refused_clearly() {
-        let err = Trigger::parse(&md(&[
+    fn planned_mode_targets_one_replica_and_reads_its_keys() {
+        let t = Trigger::parse(&md(&[
             ("source", "celery"),
             ("address", "r:1"),
             ("metric", "replicas"),
+            ("tasksPerReplica", "4"),
+            ("serviceTimeSeconds", "20"),
+            ("schedule", "0 8 * * 1-5 for 10h = 20"),
+            ("timezone", "Europe/Berlin"),
+            ("leadTimeSeconds", "180"),
+        ]))
+        .unwrap();
+        assert_eq!(t.target(), 1.0);
+        let c = t.planned().unwrap();
+        assert_eq!(c.policy.tasks_per_replica, 4.0, "the source's own target");
+        assert_eq!(c.policy.service_time, Some(20.0));
+        assert_eq!(c.lead_time_seconds, 180.0);
+        assert_eq!(t.metric_name, "celery-celery", "same name as in depth mode");
+    }
+
+    #[test]
+    fn planned_keys_without_planned_mode_are_named() {
+        let err = Trigger::parse(&md(&[
+            ("source", "celery"),
+            ("address", "r:1"),
+            ("schedule", "0 8 * * * for 1h = 2"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.keys(), ["schedule"]);
+        assert!(err.to_string().contains("metric: replicas"), "{err}");
+        let err = Trigger::parse(&md(&[
+            ("source", "celery"),
+            ("address", "r:1"),
+            ("metric", "replica"),
         ]))
         .unwrap_err();
         assert_eq!(err.keys(), ["metric"]);
+    }
+
+    #[test]
+    fn bad_planned_keys_are_invalid_argument_material() {
+        let err = Trigger::parse(&md(&[
+            ("source", "redis-list"),
+            ("address", "r:1"),
+            ("listName", "jobs"),
+            ("metric", "replicas"),
+            ("concurrency", "0"),
+            ("schedule", "61 8 * * * for 1h = 2"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.keys(), ["concurrency", "schedule"]);
     }
 }
 
@@ -227,6 +293,7 @@ mod fuzz {
             .map(|k| k.to_string())
             .collect();
         known.extend(["source", "metric", "scalerAddress"].map(String::from));
+        known.extend(planner::KEYS.iter().map(|k| k.to_string()));
         let with_env: Vec<String> = known.iter().map(|k| format!("{k}FromEnv")).collect();
         known.extend(with_env);
         prop_oneof![
@@ -263,6 +330,10 @@ mod fuzz {
                 "\\x06\\x16",
                 "\\x",
                 "99999999999999999999",
+                "seasonal",
+                "0 8 * * 1-5 for 10h = 20",
+                "Europe/Berlin",
+                "*/5 * * * * for 1m = 3; 0 12 * * * for 90m = 40",
             ])
             .prop_map(String::from),
             "\\PC{0,24}",

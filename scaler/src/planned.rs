@@ -1,0 +1,216 @@
+//! Planned mode's state in the running scaler: one [`Planner`] per (queue, planned-mode
+//! configuration), fed every distinct reading of its queue once, answering KEDA and the Demand
+//! service from the same history.
+//!
+//! History is kept in memory. It survives as long as the process; a restarted scaler starts
+//! learning again (the forecast stays out of the answer until it has a full period, so the
+//! answer degrades to reactive, never to zero).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::estimate::Observation;
+use crate::planner::{PlannedConfig, Planner};
+use crate::policy::Decision;
+use crate::sources::{Depth, Query};
+
+/// Unix seconds of a wall-clock time.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A queue and the Debug form of a planned-mode configuration.
+type PlanKey = (Query, String);
+
+#[derive(Debug)]
+struct Entry {
+    planner: Planner,
+    /// Unix seconds of the last reading observed, so a cached reading is observed once.
+    last_reading: f64,
+    last_used: Instant,
+}
+
+/// The planners of every planned-mode trigger this scaler has answered.
+#[derive(Debug, Default)]
+pub struct Plans {
+    entries: Mutex<HashMap<PlanKey, Arc<Mutex<Entry>>>>,
+}
+
+/// What planned mode answers at one instant.
+#[derive(Debug, Clone)]
+pub struct PlannedAnswer {
+    pub decision: Decision,
+    /// Replicas wanted per step over the horizon asked for (empty when none was asked).
+    pub forecast: Vec<(f64, u32)>,
+    pub inputs: Option<crate::planner::DemandInputs>,
+    /// `off`, `learning` or `ready`.
+    pub forecast_state: &'static str,
+    /// Recent forecast error (weighted absolute percentage), when known.
+    pub forecast_error: Option<f64>,
+}
+
+impl Plans {
+    fn entry(&self, query: &Query, config: &PlannedConfig) -> Arc<Mutex<Entry>> {
+        // The configuration's Debug form identifies it: two triggers on one queue with the same
+        // planned keys share a planner (and its history).
+        let key = (query.clone(), format!("{config:?}"));
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Entry {
+                    planner: Planner::new(config.clone()),
+                    last_reading: f64::NEG_INFINITY,
+                    last_used: Instant::now(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Observes `depth` read at `read_at` (once per distinct reading) and answers at `now`;
+    /// with `horizon` and `step` (seconds), also the forecast of replicas per step.
+    pub fn answer(
+        &self,
+        query: &Query,
+        config: &PlannedConfig,
+        depth: &Depth,
+        read_at: SystemTime,
+        now: SystemTime,
+        forecast: Option<(f64, f64)>,
+    ) -> PlannedAnswer {
+        let entry = self.entry(query, config);
+        let mut e = entry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = unix_seconds(read_at);
+        if at > e.last_reading {
+            e.planner
+                .observe(Observation::depth(at, depth.waiting, depth.in_flight));
+            e.last_reading = at;
+        }
+        e.last_used = Instant::now();
+        let now = unix_seconds(now).max(at);
+        let p = &e.planner;
+        let forecast_state = match (config.forecast, p.forecast_ready()) {
+            (crate::planner::ForecastMode::Off, _) => "off",
+            (_, false) => "learning",
+            (_, true) => "ready",
+        };
+        PlannedAnswer {
+            decision: p.decide(now),
+            forecast: forecast
+                .map(|(horizon, step)| p.forecast(now, horizon, step))
+                .unwrap_or_default(),
+            inputs: p.inputs(),
+            forecast_state,
+            forecast_error: p
+                .forecast_error()
+                .and_then(|e| e.recent)
+                .map(|s| s.wape)
+                .filter(|w| w.is_finite()),
+        }
+    }
+
+    /// Forgets planners nobody asked about for `idle`.
+    pub fn sweep(&self, idle: Duration) -> usize {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = entries.len();
+        entries.retain(|_, e| {
+            e.lock()
+                .map(|e| e.last_used.elapsed() < idle)
+                .unwrap_or(false)
+        });
+        before - entries.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trigger::Trigger;
+
+    fn trigger(pairs: &[(&str, &str)]) -> Trigger {
+        let m = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Trigger::parse(&m).unwrap()
+    }
+
+    #[test]
+    fn a_cached_reading_is_observed_once_and_backlog_drives_the_answer() {
+        let t = trigger(&[
+            ("source", "celery"),
+            ("address", "r:1"),
+            ("metric", "replicas"),
+            ("tasksPerReplica", "4"),
+        ]);
+        let plans = Plans::default();
+        let q = t.query();
+        let c = t.planned().unwrap();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let d = Depth {
+            waiting: 10,
+            in_flight: 2,
+        };
+        let a = plans.answer(&q, c, &d, t0, t0, Some((60.0, 30.0)));
+        assert_eq!(a.decision.desired, 3, "ceil(12 / 4) without a service time");
+        assert!(a.decision.active);
+        assert_eq!(a.forecast.len(), 3);
+        assert_eq!(a.forecast_state, "off");
+        // The same reading again, later: not a second observation.
+        let a = plans.answer(&q, c, &d, t0, t0 + Duration::from_secs(1), None);
+        assert_eq!(a.decision.desired, 3);
+        assert_eq!(plans.len(), 1);
+        let empty = Depth::default();
+        let t1 = t0 + Duration::from_secs(30);
+        let a = plans.answer(&q, c, &empty, t1, t1, None);
+        assert_eq!(a.decision.desired, 0);
+        assert!(!a.decision.active);
+    }
+
+    #[test]
+    fn an_open_schedule_window_activates_an_empty_queue_ahead_of_time() {
+        let t = trigger(&[
+            ("source", "redis-list"),
+            ("address", "r:1"),
+            ("listName", "jobs"),
+            ("metric", "replicas"),
+            ("schedule", "0 8 * * * for 1h = 6"),
+            ("leadTimeSeconds", "300"),
+        ]);
+        let plans = Plans::default();
+        // 2023-11-14 07:56 UTC: four minutes before the window, within the lead time.
+        let at = UNIX_EPOCH + Duration::from_secs(1_699_948_560);
+        let a = plans.answer(
+            &t.query(),
+            t.planned().unwrap(),
+            &Depth::default(),
+            at,
+            at,
+            None,
+        );
+        assert_eq!(a.decision.desired, 6);
+        assert!(a.decision.active);
+    }
+}
