@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::estimate::Observation;
-use crate::planner::{PlannedConfig, Planner};
+use crate::planner::{PlannedConfig, Planner, PlannerState};
 use crate::policy::Decision;
 use crate::sources::{Depth, Query};
 
@@ -27,6 +27,8 @@ type PlanKey = (Query, String);
 
 #[derive(Debug)]
 struct Entry {
+    /// Stable across processes: where the history is persisted.
+    store_key: String,
     planner: Planner,
     /// Unix seconds of the last reading observed, so a cached reading is observed once.
     last_reading: f64,
@@ -61,10 +63,12 @@ impl Plans {
             .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let store_key = store_key(&key);
         entries
             .entry(key)
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Entry {
+                    store_key,
                     planner: Planner::new(config.clone()),
                     last_reading: f64::NEG_INFINITY,
                     last_used: Instant::now(),
@@ -117,6 +121,67 @@ impl Plans {
         }
     }
 
+    /// Whether a planner exists for this queue and configuration (no history to load).
+    pub fn contains(&self, query: &Query, config: &PlannedConfig) -> bool {
+        let key = (query.clone(), format!("{config:?}"));
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&key)
+    }
+
+    /// The persistence key of a queue and configuration's history.
+    pub fn key_of(query: &Query, config: &PlannedConfig) -> String {
+        store_key(&(query.clone(), format!("{config:?}")))
+    }
+
+    /// Starts the planner of this queue and configuration from a persisted state (a restarted
+    /// scaler, or another replica's history), unless it already has one.
+    pub fn restore(&self, query: &Query, config: &PlannedConfig, state: PlannerState) {
+        let key = (query.clone(), format!("{config:?}"));
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.contains_key(&key) {
+            return;
+        }
+        let last_reading = state
+            .estimator
+            .estimate()
+            .map(|e| e.at)
+            .unwrap_or(f64::NEG_INFINITY);
+        let store_key = store_key(&key);
+        entries.insert(
+            key,
+            Arc::new(Mutex::new(Entry {
+                store_key,
+                planner: Planner::with_state(config.clone(), state),
+                last_reading,
+                last_used: Instant::now(),
+            })),
+        );
+    }
+
+    /// Every planner's state with its persistence key, to save.
+    pub fn snapshot(&self) -> Vec<(String, PlannerState)> {
+        let entries: Vec<Arc<Mutex<Entry>>> = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        entries
+            .iter()
+            .filter_map(|e| {
+                e.lock()
+                    .ok()
+                    .map(|e| (e.store_key.clone(), e.planner.state()))
+            })
+            .collect()
+    }
+
     /// Forgets planners nobody asked about for `idle`.
     pub fn sweep(&self, idle: Duration) -> usize {
         let mut entries = self
@@ -142,6 +207,16 @@ impl Plans {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A stable name for a queue + configuration: a hash, so no endpoint, queue name or credential
+/// appears in the store's keys.
+fn store_key(key: &PlanKey) -> String {
+    let text = format!("{:?}|{}", key.0, key.1);
+    let h = text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    format!("planner:{h:016x}")
 }
 
 #[cfg(test)]
@@ -187,6 +262,52 @@ mod tests {
         let a = plans.answer(&q, c, &empty, t1, t1, None);
         assert_eq!(a.decision.desired, 0);
         assert!(!a.decision.active);
+    }
+
+    #[test]
+    fn a_restored_history_continues_where_it_was_saved() {
+        let t = trigger(&[
+            ("source", "celery"),
+            ("address", "r:1"),
+            ("metric", "replicas"),
+            ("tasksPerReplica", "4"),
+        ]);
+        let (q, c) = (t.query(), t.planned().unwrap());
+        let plans = Plans::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        plans.answer(
+            &q,
+            c,
+            &Depth {
+                waiting: 8,
+                in_flight: 0,
+            },
+            t0,
+            t0,
+            None,
+        );
+        let saved = plans.snapshot();
+        assert_eq!(saved.len(), 1);
+        assert_eq!(saved[0].0, Plans::key_of(&q, c));
+        assert!(!saved[0].0.contains("r:1"), "no endpoint in the key");
+
+        let other = Plans::default();
+        other.restore(&q, c, saved[0].1.clone());
+        assert!(other.contains(&q, c));
+        // The same reading again is not observed twice; the restored backlog answers.
+        let a = other.answer(
+            &q,
+            c,
+            &Depth {
+                waiting: 8,
+                in_flight: 0,
+            },
+            t0,
+            t0,
+            None,
+        );
+        assert_eq!(a.decision.desired, 2);
+        assert_eq!(other.snapshot()[0].1, saved[0].1);
     }
 
     #[test]
