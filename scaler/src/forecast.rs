@@ -49,6 +49,8 @@ pub const RESET_AFTER_WEEKS: i64 = 8;
 const DAY: i64 = 86_400;
 /// Forecast bins expecting fewer tasks than this count as empty in [`Forecaster::max_rate_between`].
 pub const MIN_TASKS_PER_BIN: f64 = 1.0;
+/// Cap on the log-space error variance used to widen forecasts (σ ≤ 0.5).
+const MAX_VAR: f64 = 0.25;
 /// Marks a missing bin in the history (counts are never negative).
 const MISSING: f32 = -1.0;
 
@@ -81,8 +83,8 @@ impl Default for ForecastConfig {
             level_half_life: 3.0 * 3600.0,
             trend_gain: 0.05,
             trend_damping: 0.98,
-            gamma_day: 0.25,
-            gamma_week: 0.25,
+            gamma_day: 0.1,
+            gamma_week: 0.1,
             ar_half_life: 2.0 * 86_400.0,
             clip_sigmas: 4.0,
             error_horizon_bins: 1,
@@ -527,8 +529,11 @@ impl Forecaster {
             + self.day[b.rem_euclid(self.per_day()) as usize]
             + self.week[b.rem_euclid(self.per_week()) as usize]
             + self.resid * self.ar().powi(h as i32);
-        let sd = self.var.sqrt();
-        let y = (x + self.var / 2.0 + sigmas * sd).min(60.0).exp_m1();
+        // The lognormal mean correction is capped: on an intermittent series (hours of nothing,
+        // then thousands) the log-space variance is huge and exp(σ²/2) would multiply every
+        // forecast by orders of magnitude.
+        let var = self.var.min(MAX_VAR);
+        let y = (x + var / 2.0 + sigmas * var.sqrt()).min(60.0).exp_m1();
         Some(y.max(0.0))
     }
 
