@@ -164,9 +164,12 @@ fn load(input: &TraceArgs) -> Result<Option<Trace>, String> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse_csv(&text, &path.display().to_string(), input.format)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    let mut t =
+        parse_csv(&text, &path.display().to_string(), input.format).map_err(|e| e.to_string())?;
+    t.name = path
+        .file_stem()
+        .map_or_else(|| "trace".into(), |s| s.to_string_lossy().into_owned());
+    Ok(Some(t))
 }
 
 fn print_backtest(name: &str, r: &BacktestReport) {
