@@ -184,10 +184,21 @@ pub struct ForecastError {
     pub total_on_week_bins: Option<Score>,
 }
 
+/// A forecast waiting for its bin: the model's, seasonal-naive's (last week, else yesterday),
+/// yesterday's and last week's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Pending {
+    bin: i64,
+    model: f64,
+    naive: Option<f64>,
+    day: Option<f64>,
+    week: Option<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 struct Tracker {
-    /// (bin, model forecast, naive forecast, naive-day, naive-week) made H bins before `bin`.
-    pending: VecDeque<(i64, f64, Option<f64>, Option<f64>, Option<f64>)>,
+    /// Forecasts made H bins before their bin, waiting for it to finish.
+    pending: VecDeque<Pending>,
     recent: Acc,
     recent_naive: Acc,
     total: Acc,
@@ -381,7 +392,14 @@ impl Forecaster {
         self.bins_seen += 1;
         self.history[k.rem_euclid(per_week) as usize] = value.map_or(MISSING, |v| v as f32);
         // Score the forecasts made for this bin.
-        while let Some(&(pb, f, naive, nd, nw)) = self.tracker.pending.front() {
+        while let Some(&Pending {
+            bin: pb,
+            model: f,
+            naive,
+            day: nd,
+            week: nw,
+        }) = self.tracker.pending.front()
+        {
             if pb > k {
                 break;
             }
@@ -502,7 +520,13 @@ impl Forecaster {
         let nd = self.naive(target, 1);
         let nw = self.naive(target, 7);
         let naive = nw.or(nd);
-        self.tracker.pending.push_back((target, f, naive, nd, nw));
+        self.tracker.pending.push_back(Pending {
+            bin: target,
+            model: f,
+            naive,
+            day: nd,
+            week: nw,
+        });
         while self.tracker.pending.len() > (h as usize + 2) {
             self.tracker.pending.pop_front();
         }
@@ -726,7 +750,7 @@ mod tests {
             let n = if k % 97 == 0 { 1e7 } else { 0.0 };
             f.observe(t, t + 300.0, n);
             if let Some(r) = f.rate_at(t + 600.0) {
-                assert!(r.is_finite() && r >= 0.0 && r < 1e7, "{r}");
+                assert!(r.is_finite() && (0.0..1e7).contains(&r), "{r}");
             }
         }
     }

@@ -123,7 +123,7 @@ impl PlannedConfig {
         let drain_seconds = positive(r, "drainSeconds").unwrap_or(60.0);
         let lead = if r.contains("leadTimeSeconds") {
             let v = r.float("leadTimeSeconds", f64::NAN);
-            if v < 0.0 || v > 86_400.0 {
+            if !v.is_nan() && !(0.0..=86_400.0).contains(&v) {
                 r.problem(Problem::Invalid {
                     key: "leadTimeSeconds".into(),
                     value: Some(v.to_string()),

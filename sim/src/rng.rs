@@ -43,7 +43,7 @@ impl Rng {
 
     /// Poisson with mean `lambda`: Knuth's product method below 30, a rounded normal above.
     pub fn poisson(&mut self, lambda: f64) -> u64 {
-        if !(lambda > 0.0) {
+        if lambda.is_nan() || lambda <= 0.0 {
             return 0;
         }
         if lambda < 30.0 {

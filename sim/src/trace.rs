@@ -265,7 +265,7 @@ pub fn parse_csv(text: &str, file: &str, format: Format) -> Result<Trace, TraceE
                     })?;
                 let s = match cols.get(2) {
                     None => None,
-                    Some(v) if v.is_empty() => None,
+                    Some(&"") => None,
                     Some(v) => Some(
                         v.parse()
                             .ok()

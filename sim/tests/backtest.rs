@@ -2,6 +2,8 @@
 //! SOURCES.md there), at a 5-minute lead (one bin; an hour or half an hour on the coarser
 //! traces). The figures are in the README; `headroom-sim backtest` prints them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use headroom_scaler::forecast::backtest;
 use headroom_sim::scenarios::backtest_traces;
 

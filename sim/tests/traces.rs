@@ -1,5 +1,7 @@
 //! The shipped synthetic traces are exactly what their generator makes from the seed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use headroom_sim::generate::{SEED, all};
 use headroom_sim::scenarios::traces_dir;
 
