@@ -12,9 +12,13 @@
 //!   unknown (`None`) after a gap — then the policy works on the backlog alone (reactive).
 //! - **S** (when `serviceTimeSeconds` is not given) by Little's law, S = L / X with L the mean
 //!   number in flight and X the completion rate: with a consumed counter, over the recent
-//!   readings; with depths only, over *drain* intervals (backlog fell, work in flight at both
-//!   ends), where the fall is taken as the completions. Arrivals during a drain hide
-//!   completions, so that estimate errs high — towards more replicas, not fewer. It assumes
+//!   readings; with depths only, over *drain runs*: maximal stretches of readings during which
+//!   tasks were waiting (so the workers were saturated), work was in flight, and the backlog
+//!   never rose. Over a run, the fall of the backlog is taken as the completions and the mean in
+//!   flight × its duration as the busy time. Whole runs, not single intervals that happened to
+//!   fall, are used: picking only the intervals with a completion would bias S low by the
+//!   ratio of poll interval to time between completions. Arrivals during a run hide
+//!   completions, so the estimate errs high — towards more replicas, not fewer. It assumes
 //!   `in_flight` counts tasks being worked on (Celery with `task_acks_late`); prefetched tasks
 //!   also count, which again errs high.
 //!
@@ -131,8 +135,11 @@ pub struct Estimator {
     config: EstimatorConfig,
     last: Option<Observation>,
     intervals: VecDeque<Interval>,
-    /// (in flight × seconds, tasks drained) of recent drain intervals.
+    /// (in flight × seconds, tasks drained) of recent drain runs.
     drains: VecDeque<(f64, f64)>,
+    /// The drain run in progress.
+    #[serde(default)]
+    run: Option<(f64, f64)>,
 }
 
 fn finite_nonneg(x: f64) -> f64 {
@@ -146,6 +153,7 @@ impl Estimator {
             last: None,
             intervals: VecDeque::new(),
             drains: VecDeque::new(),
+            run: None,
         }
     }
 
@@ -177,6 +185,7 @@ impl Estimator {
             // Clock jump or gap: the rates restart from this reading; what was learned about
             // the service time still holds.
             self.intervals.clear();
+            self.close_run();
             self.last = Some(obs);
             return None;
         }
@@ -199,12 +208,19 @@ impl Estimator {
         });
         let arrivals = produced.unwrap_or_else(|| (b1 - b0 + completions).max(0.0));
         let arrivals = arrivals.min(self.config.max_rate * dt);
-        // Depth-only drain sample: the backlog fell with work in flight at both ends.
-        if consumed.is_none() && b1 < b0 && prev.in_flight > 0 && obs.in_flight > 0 {
-            self.drains.push_back((busy, b0 - b1));
-            while self.drains.len() > MAX_DRAINS {
-                self.drains.pop_front();
-            }
+        // Depth-only drain run: saturated workers, backlog not rising.
+        let draining = consumed.is_none()
+            && b1 <= b0
+            && prev.waiting > 0
+            && obs.waiting > 0
+            && prev.in_flight > 0
+            && obs.in_flight > 0;
+        if draining {
+            let run = self.run.get_or_insert((0.0, 0.0));
+            run.0 += busy;
+            run.1 += b0 - b1;
+        } else {
+            self.close_run();
         }
         self.intervals.push_back(Interval {
             end: obs.at,
@@ -228,6 +244,17 @@ impl Estimator {
             to: obs.at,
             arrivals,
         })
+    }
+
+    fn close_run(&mut self) {
+        if let Some(run) = self.run.take()
+            && run.1 > 0.0
+        {
+            self.drains.push_back(run);
+            while self.drains.len() > MAX_DRAINS {
+                self.drains.pop_front();
+            }
+        }
     }
 
     fn service_time_for_completions(&self) -> Option<f64> {
@@ -261,6 +288,7 @@ impl Estimator {
         } else {
             self.drains
                 .iter()
+                .chain(self.run.iter())
                 .fold((0.0, 0.0), |(b, d), (bi, di)| (b + bi, d + di))
         };
         if done < self.config.min_completions || busy <= 0.0 {
@@ -330,13 +358,31 @@ mod tests {
         let s = e.learned_service_time().unwrap();
         assert!((s - 8.0).abs() < 1e-9, "{s}");
         // With S known, arrivals are inferred even while the backlog holds steady.
-        let steady = waiting + 1; // the last depth read
+        // Nothing queued, four in flight, depth flat: completions are being replaced.
         let mut t = 160.0;
         for _ in 0..60 {
             t += 2.0;
-            e.observe(Observation::depth(t, steady, 4));
+            e.observe(Observation::depth(t, 0, 4));
         }
-        assert!((e.arrival_rate().unwrap() - 0.5).abs() < 1e-9);
+        // 59 of the 60 intervals in the window carry 1 arrival per 2 s (the first one is the
+        // queue emptying).
+        let r = e.arrival_rate().unwrap();
+        assert!((r - 59.0 / 120.0).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn sparse_completions_between_fast_polls_do_not_bias_the_service_time_low() {
+        // 2 workers, 10 s per task: one completion every 5 s, read every second; a long queue.
+        let mut e = est();
+        let mut waiting = 100u64;
+        for i in 0..=200u64 {
+            if i > 0 && i % 5 == 0 {
+                waiting -= 1;
+            }
+            e.observe(Observation::depth(i as f64, waiting, 2));
+        }
+        let s = e.learned_service_time().unwrap();
+        assert!((s - 10.0).abs() < 0.5, "{s}");
     }
 
     #[test]

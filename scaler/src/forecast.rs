@@ -49,6 +49,8 @@ pub const RESET_AFTER_WEEKS: i64 = 8;
 const DAY: i64 = 86_400;
 /// Forecast bins expecting fewer tasks than this count as empty in [`Forecaster::max_rate_between`].
 pub const MIN_TASKS_PER_BIN: f64 = 1.0;
+/// Cap on the log-space error variance used to widen forecasts (σ ≤ 0.5).
+const MAX_VAR: f64 = 0.25;
 /// Marks a missing bin in the history (counts are never negative).
 const MISSING: f32 = -1.0;
 
@@ -81,8 +83,8 @@ impl Default for ForecastConfig {
             level_half_life: 3.0 * 3600.0,
             trend_gain: 0.05,
             trend_damping: 0.98,
-            gamma_day: 0.25,
-            gamma_week: 0.25,
+            gamma_day: 0.1,
+            gamma_week: 0.1,
             ar_half_life: 2.0 * 86_400.0,
             clip_sigmas: 4.0,
             error_horizon_bins: 1,
@@ -182,11 +184,20 @@ pub struct ForecastError {
     pub total_on_week_bins: Option<Score>,
 }
 
-/// (bin, model forecast, naive forecast, naive-day, naive-week) made H bins before `bin`.
-type Pending = (i64, f64, Option<f64>, Option<f64>, Option<f64>);
+/// A forecast waiting for its bin: the model's, seasonal-naive's (last week, else yesterday),
+/// yesterday's and last week's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Pending {
+    bin: i64,
+    model: f64,
+    naive: Option<f64>,
+    day: Option<f64>,
+    week: Option<f64>,
+}
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 struct Tracker {
+    /// Forecasts made H bins before their bin, waiting for it to finish.
     pending: VecDeque<Pending>,
     recent: Acc,
     recent_naive: Acc,
@@ -381,7 +392,14 @@ impl Forecaster {
         self.bins_seen += 1;
         self.history[k.rem_euclid(per_week) as usize] = value.map_or(MISSING, |v| v as f32);
         // Score the forecasts made for this bin.
-        while let Some(&(pb, f, naive, nd, nw)) = self.tracker.pending.front() {
+        while let Some(&Pending {
+            bin: pb,
+            model: f,
+            naive,
+            day: nd,
+            week: nw,
+        }) = self.tracker.pending.front()
+        {
             if pb > k {
                 break;
             }
@@ -502,7 +520,13 @@ impl Forecaster {
         let nd = self.naive(target, 1);
         let nw = self.naive(target, 7);
         let naive = nw.or(nd);
-        self.tracker.pending.push_back((target, f, naive, nd, nw));
+        self.tracker.pending.push_back(Pending {
+            bin: target,
+            model: f,
+            naive,
+            day: nd,
+            week: nw,
+        });
         while self.tracker.pending.len() > (h as usize + 2) {
             self.tracker.pending.pop_front();
         }
@@ -529,8 +553,11 @@ impl Forecaster {
             + self.day[b.rem_euclid(self.per_day()) as usize]
             + self.week[b.rem_euclid(self.per_week()) as usize]
             + self.resid * self.ar().powi(h as i32);
-        let sd = self.var.sqrt();
-        let y = (x + self.var / 2.0 + sigmas * sd).min(60.0).exp_m1();
+        // The lognormal mean correction is capped: on an intermittent series (hours of nothing,
+        // then thousands) the log-space variance is huge and exp(σ²/2) would multiply every
+        // forecast by orders of magnitude.
+        let var = self.var.min(MAX_VAR);
+        let y = (x + var / 2.0 + sigmas * var.sqrt()).min(60.0).exp_m1();
         Some(y.max(0.0))
     }
 

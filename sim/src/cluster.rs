@@ -1,0 +1,521 @@
+//! The cluster model: KEDA, the HPA, pods that need GPU nodes, nodes that take minutes to boot
+//! and pull their image, consolidation, prices.
+
+use std::collections::VecDeque;
+
+use crate::rng::Rng;
+
+/// The cluster model's knobs (all have flags in the binary).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClusterConfig {
+    /// GPU node boot to Ready, uniform range in seconds (provisioning.md: 80-120 s).
+    pub boot_seconds: (f64, f64),
+    /// Image pull on a fresh node, uniform range in seconds (provisioning.md: a 15-20 GB CUDA
+    /// image pulls in 4-6 minutes).
+    pub pull_seconds: (f64, f64),
+    /// Container start and model load on a node that has the image, seconds.
+    pub pod_start_seconds: f64,
+    /// Karpenter's batching of pending pods before it launches, seconds.
+    pub launch_delay_seconds: f64,
+    pub gpus_per_node: u32,
+    /// An empty node is removed after this long (Karpenter `consolidateAfter`, plus its
+    /// reaction time).
+    pub consolidate_after_seconds: f64,
+    /// $ per node-hour.
+    pub on_demand_price: f64,
+    pub spot_price: f64,
+    /// Share of nodes launched as spot (interruptions are not modelled).
+    pub spot_share: f64,
+    pub seed: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            boot_seconds: (80.0, 120.0),
+            pull_seconds: (240.0, 360.0),
+            pod_start_seconds: 20.0,
+            launch_delay_seconds: 2.0,
+            gpus_per_node: 1,
+            consolidate_after_seconds: 30.0,
+            // Illustrative single-GPU (A10G-class) prices, $/hour.
+            on_demand_price: 1.006,
+            spot_price: 0.40,
+            spot_share: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The longest time from a pod's creation to Ready on a new node.
+    pub fn worst_pod_latency(&self) -> f64 {
+        self.launch_delay_seconds
+            + self.boot_seconds.1
+            + self.pull_seconds.1
+            + self.pod_start_seconds
+            + 1.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PodState {
+    Pending,
+    Starting { ready_at: f64 },
+    Ready,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pod {
+    state: PodState,
+    node: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    ready_at: f64,
+    used: u32,
+    pause: u32,
+    spot: bool,
+    empty_since: Option<f64>,
+}
+
+/// Pods and nodes, advanced one second at a time.
+#[derive(Debug)]
+pub struct Cluster {
+    cfg: ClusterConfig,
+    rng: Rng,
+    pods: Vec<Pod>,
+    nodes: Vec<Node>,
+    /// Placeholder (pause) pods wanted, and how many are bound.
+    pause_wanted: u32,
+    /// Nodes the capacity planner holds (never consolidated below this count).
+    held_nodes: u32,
+    pending_since: Option<f64>,
+    pub node_seconds: f64,
+    pub cost: f64,
+    pub idle_gpu_seconds: f64,
+    price_per_second: f64,
+}
+
+impl Cluster {
+    pub fn new(cfg: ClusterConfig) -> Self {
+        let rng = Rng::new(cfg.seed);
+        Self {
+            cfg,
+            rng,
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            pause_wanted: 0,
+            held_nodes: 0,
+            pending_since: None,
+            node_seconds: 0.0,
+            cost: 0.0,
+            idle_gpu_seconds: 0.0,
+            price_per_second: 0.0,
+        }
+    }
+
+    pub fn replicas(&self) -> u32 {
+        self.pods.len() as u32
+    }
+
+    pub fn ready_pods(&self) -> u32 {
+        self.pods
+            .iter()
+            .filter(|p| p.state == PodState::Ready)
+            .count() as u32
+    }
+
+    pub fn nodes(&self) -> u32 {
+        self.nodes.len() as u32
+    }
+
+    /// Sets the pause-pod warm pool size.
+    pub fn set_pause_pods(&mut self, n: u32) {
+        self.pause_wanted = n;
+    }
+
+    /// Sets the nodes a capacity planner wants up (prewarmed), launched now if missing.
+    pub fn set_held_nodes(&mut self, n: u32) {
+        self.held_nodes = n;
+    }
+
+    /// Scales the workload to `n` pods: new pods start Pending; removal takes pending pods
+    /// first, then starting, then ready ones (newest first).
+    pub fn scale_to(&mut self, n: u32) {
+        let n = n as usize;
+        while self.pods.len() < n {
+            self.pods.push(Pod {
+                state: PodState::Pending,
+                node: None,
+            });
+        }
+        while self.pods.len() > n {
+            let rank = |p: &Pod| match p.state {
+                PodState::Pending => 0,
+                PodState::Starting { .. } => 1,
+                PodState::Ready => 2,
+            };
+            let Some(i) = (0..self.pods.len())
+                .rev()
+                .min_by_key(|i| rank(&self.pods[*i]))
+            else {
+                break;
+            };
+            let p = self.pods.swap_remove(i);
+            if let Some(node) = p.node {
+                self.nodes[node].used -= 1;
+            }
+        }
+    }
+
+    fn launch(&mut self, now: f64) {
+        let boot = self
+            .rng
+            .uniform(self.cfg.boot_seconds.0, self.cfg.boot_seconds.1);
+        let pull = self
+            .rng
+            .uniform(self.cfg.pull_seconds.0, self.cfg.pull_seconds.1);
+        let spot = self.rng.f64() < self.cfg.spot_share;
+        self.nodes.push(Node {
+            ready_at: now + self.cfg.launch_delay_seconds + boot + pull,
+            used: 0,
+            pause: 0,
+            spot,
+            empty_since: None,
+        });
+    }
+
+    /// One second: bind pods, launch and remove nodes, start pods, account.
+    /// `busy_gpus` is how many GPUs did work this second (for idle accounting).
+    pub fn step(&mut self, now: f64, busy_gpus: f64) {
+        let g = self.cfg.gpus_per_node;
+        let busy_pods = self
+            .pods
+            .iter()
+            .any(|p| !matches!(p.state, PodState::Ready));
+        if busy_pods || self.pause_wanted > 0 {
+            self.bind(now);
+        }
+        self.karpenter_and_consolidate(now);
+        // Accounting.
+        let gpus = f64::from(self.nodes.len() as u32 * g);
+        self.node_seconds += gpus;
+        self.cost += self.price_per_second;
+        self.idle_gpu_seconds += (gpus - busy_gpus.min(gpus)).max(0.0);
+    }
+
+    fn bind(&mut self, now: f64) {
+        let g = self.cfg.gpus_per_node;
+        // Pods on ready nodes start.
+        for p in &mut self.pods {
+            if let PodState::Starting { ready_at } = p.state
+                && now >= ready_at
+            {
+                p.state = PodState::Ready;
+            }
+        }
+        // Bind pending pods to ready nodes with a free GPU (preempting pause pods).
+        let start = self.cfg.pod_start_seconds;
+        for i in 0..self.pods.len() {
+            if self.pods[i].state != PodState::Pending {
+                continue;
+            }
+            let free = self
+                .nodes
+                .iter()
+                .position(|n| n.ready_at <= now && n.used + n.pause < g)
+                .or_else(|| {
+                    self.nodes
+                        .iter()
+                        .position(|n| n.ready_at <= now && n.used < g && n.pause > 0)
+                });
+            if let Some(k) = free {
+                let n = &mut self.nodes[k];
+                if n.used + n.pause >= g {
+                    n.pause -= 1; // preempted: the pause pod goes pending
+                }
+                n.used += 1;
+                n.empty_since = None;
+                self.pods[i] = Pod {
+                    state: PodState::Starting {
+                        ready_at: now + start,
+                    },
+                    node: Some(k),
+                };
+            }
+        }
+        // Pause pods fill what is left.
+        let mut bound_pause: u32 = self.nodes.iter().map(|n| n.pause).sum();
+        while bound_pause > self.pause_wanted {
+            if let Some(n) = self.nodes.iter_mut().find(|n| n.pause > 0) {
+                n.pause -= 1;
+            }
+            bound_pause -= 1;
+        }
+        while bound_pause < self.pause_wanted {
+            let Some(n) = self
+                .nodes
+                .iter_mut()
+                .find(|n| n.ready_at <= now && n.used + n.pause < g)
+            else {
+                break;
+            };
+            n.pause += 1;
+            n.empty_since = None;
+            bound_pause += 1;
+        }
+    }
+
+    fn karpenter_and_consolidate(&mut self, now: f64) {
+        let g = self.cfg.gpus_per_node;
+        let bound_pause: u32 = self.nodes.iter().map(|n| n.pause).sum();
+        // Karpenter: launch for pods that fit nowhere, counting capacity still booting.
+        let pending = self
+            .pods
+            .iter()
+            .filter(|p| p.state == PodState::Pending)
+            .count() as u32
+            + (self.pause_wanted - bound_pause);
+        let booting_free: u32 = self
+            .nodes
+            .iter()
+            .filter(|n| n.ready_at > now)
+            .map(|n| g - n.used - n.pause)
+            .sum();
+        let short = pending.saturating_sub(booting_free);
+        if short > 0 {
+            let since = *self.pending_since.get_or_insert(now);
+            if now - since >= 0.0 {
+                for _ in 0..short.div_ceil(g) {
+                    self.launch(now);
+                }
+                self.pending_since = None;
+            }
+        } else {
+            self.pending_since = None;
+        }
+        // A capacity planner's floor (prewarmed nodes).
+        while (self.nodes.len() as u32) < self.held_nodes {
+            self.launch(now);
+        }
+        // Consolidation of empty ready nodes, never below the held floor.
+        let after = self.cfg.consolidate_after_seconds;
+        let mut alive = self.nodes.len() as u32;
+        let mut k = 0;
+        while k < self.nodes.len() {
+            let n = &mut self.nodes[k];
+            let empty = n.ready_at <= now && n.used == 0 && n.pause == 0;
+            if !empty {
+                n.empty_since = None;
+                k += 1;
+                continue;
+            }
+            let since = *n.empty_since.get_or_insert(now);
+            if now - since >= after && alive > self.held_nodes {
+                self.remove_node(k);
+                alive -= 1;
+            } else {
+                k += 1;
+            }
+        }
+        self.price_per_second = self
+            .nodes
+            .iter()
+            .map(|n| if n.spot { self.cfg.spot_price } else { self.cfg.on_demand_price } / 3600.0)
+            .sum();
+    }
+
+    fn remove_node(&mut self, k: usize) {
+        let last = self.nodes.len() - 1;
+        self.nodes.swap_remove(k);
+        for p in &mut self.pods {
+            if p.node == Some(last) {
+                p.node = Some(k);
+            }
+        }
+    }
+}
+
+/// The Horizontal Pod Autoscaler as KEDA configures it: AverageValue target, 10 % tolerance,
+/// 15 s sync, scale-down stabilisation (300 s), and optionally the default scale-up policy
+/// (at most +100 % or +4 pods per 15 s).
+#[derive(Debug)]
+pub struct Hpa {
+    pub sync_seconds: f64,
+    pub tolerance: f64,
+    pub down_window: f64,
+    pub limit_scale_up: bool,
+    pub max_replicas: u32,
+    last_sync: f64,
+    recs: VecDeque<(f64, u32)>,
+}
+
+impl Hpa {
+    pub fn new(limit_scale_up: bool, max_replicas: u32) -> Self {
+        Self {
+            sync_seconds: 15.0,
+            tolerance: 0.1,
+            down_window: 300.0,
+            limit_scale_up,
+            max_replicas,
+            last_sync: f64::NEG_INFINITY,
+            recs: VecDeque::new(),
+        }
+    }
+
+    /// Whether a sync is due at `now`.
+    pub fn due(&self, now: f64) -> bool {
+        now - self.last_sync >= self.sync_seconds
+    }
+
+    /// One sync: `desired` per metric is ceil(value / target); the largest wins.
+    pub fn sync(&mut self, now: f64, current: u32, metrics: &[(f64, f64)]) -> u32 {
+        self.last_sync = now;
+        if current == 0 {
+            // KEDA owns 0 ↔ 1; the HPA is idle at zero.
+            self.recs.clear();
+            return 0;
+        }
+        let mut rec = 1u32;
+        for &(value, target) in metrics {
+            let ratio = value / (target * f64::from(current));
+            let r = if (ratio - 1.0).abs() <= self.tolerance {
+                current
+            } else {
+                (value / target)
+                    .ceil()
+                    .clamp(0.0, f64::from(self.max_replicas)) as u32
+            };
+            rec = rec.max(r);
+        }
+        rec = rec.clamp(1, self.max_replicas.max(1));
+        self.recs.push_back((now, rec));
+        while self
+            .recs
+            .front()
+            .is_some_and(|(t, _)| now - t > self.down_window)
+        {
+            self.recs.pop_front();
+        }
+        let mut desired = if rec >= current {
+            rec
+        } else {
+            let stab = self.recs.iter().map(|(_, r)| *r).max().unwrap_or(rec);
+            stab.min(current)
+        };
+        if self.limit_scale_up && desired > current {
+            desired = desired.min((current * 2).max(current + 4));
+        }
+        desired
+    }
+}
+
+/// KEDA's activation loop: every polling interval, an active trigger takes 0 to 1; an
+/// inactive one takes the workload to 0 after the cooldown.
+#[derive(Debug)]
+pub struct Keda {
+    pub polling_seconds: f64,
+    pub cooldown_seconds: f64,
+    last_poll: f64,
+    last_active: f64,
+}
+
+impl Keda {
+    pub fn new(polling_seconds: f64) -> Self {
+        Self {
+            polling_seconds,
+            cooldown_seconds: 300.0,
+            last_poll: f64::NEG_INFINITY,
+            last_active: f64::NEG_INFINITY,
+        }
+    }
+
+    pub fn due(&self, now: f64) -> bool {
+        now - self.last_poll >= self.polling_seconds
+    }
+
+    /// A poll with the trigger's activity; returns the replica count KEDA sets.
+    pub fn poll(&mut self, now: f64, active: bool, current: u32) -> u32 {
+        self.last_poll = now;
+        self.activity(now, active, current)
+    }
+
+    /// An activity report outside the poll (push): only 0 → 1 acts.
+    pub fn push(&mut self, now: f64, active: bool, current: u32) -> u32 {
+        if active && current == 0 {
+            self.last_active = now;
+            return 1;
+        }
+        current
+    }
+
+    fn activity(&mut self, now: f64, active: bool, current: u32) -> u32 {
+        if active {
+            self.last_active = now;
+            return current.max(1);
+        }
+        if current > 0 && now - self.last_active >= self.cooldown_seconds {
+            return 0;
+        }
+        current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hpa_follows_average_value_with_tolerance_and_stabilisation() {
+        let mut h = Hpa::new(false, 100);
+        assert_eq!(h.sync(0.0, 1, &[(10.0, 1.0)]), 10);
+        // Within 10 %: no change.
+        assert_eq!(h.sync(15.0, 10, &[(10.5, 1.0)]), 10);
+        // Down: held by the highest recommendation of the last 300 s.
+        assert_eq!(h.sync(30.0, 10, &[(2.0, 1.0)]), 10);
+        assert_eq!(h.sync(301.0, 10, &[(2.0, 1.0)]), 10);
+        assert_eq!(h.sync(316.0, 10, &[(2.0, 1.0)]), 2);
+        // The default scale-up policy: +100 % or +4.
+        let mut h = Hpa::new(true, 100);
+        assert_eq!(h.sync(0.0, 1, &[(50.0, 1.0)]), 5);
+        assert_eq!(h.sync(15.0, 5, &[(50.0, 1.0)]), 10);
+    }
+
+    #[test]
+    fn keda_activates_on_poll_and_scales_to_zero_after_cooldown() {
+        let mut k = Keda::new(30.0);
+        assert_eq!(k.poll(0.0, true, 0), 1);
+        assert_eq!(k.poll(30.0, false, 3), 3);
+        assert_eq!(k.poll(300.0, false, 3), 0);
+        assert_eq!(k.push(301.0, true, 0), 1);
+    }
+
+    #[test]
+    fn pods_wait_for_nodes_and_empty_nodes_go_away() {
+        let mut c = Cluster::new(ClusterConfig {
+            boot_seconds: (100.0, 100.0),
+            pull_seconds: (50.0, 50.0),
+            launch_delay_seconds: 0.0,
+            ..ClusterConfig::default()
+        });
+        c.scale_to(2);
+        let mut t = 0.0;
+        while c.ready_pods() < 2 {
+            c.step(t, 0.0);
+            t += 1.0;
+            assert!(t < 1000.0);
+        }
+        // 150 s for the node, 20 s for the pod (+1 s tick).
+        assert!((170.0..=172.0).contains(&t), "{t}");
+        assert_eq!(c.nodes(), 2);
+        c.scale_to(0);
+        for _ in 0..40 {
+            c.step(t, 0.0);
+            t += 1.0;
+        }
+        assert_eq!(c.nodes(), 0);
+        assert!(c.node_seconds > 2.0 * 170.0);
+    }
+}

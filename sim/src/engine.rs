@@ -1,0 +1,529 @@
+//! The simulation: a queue of jobs served by pods, pods scaled by a policy, on a virtual clock
+//! that advances one second per step.
+//!
+//! Jobs are a fluid: each second's arrivals join a FIFO queue as one cohort; free worker slots
+//! (ready pods × concurrency) take from the head, and each taken share records its wait and
+//! completes spread evenly over [0.5 S, 1.5 S]. That keeps millions of jobs cheap while waits
+//! keep their real distribution of seconds.
+
+use std::collections::VecDeque;
+
+use headroom_scaler::estimate::Observation;
+use headroom_scaler::planner::{ForecastMode, PlannedConfig, Planner};
+use headroom_scaler::policy::PolicyConfig;
+use headroom_scaler::schedule::{Schedule, instant};
+
+use crate::cluster::{Cluster, ClusterConfig, Hpa, Keda};
+use crate::trace::Trace;
+
+/// One trace with the workload's shape and what its users would declare.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub trace: Trace,
+    /// Mean service seconds per job when the trace has none.
+    pub service_seconds: f64,
+    /// Jobs one pod runs at once.
+    pub concurrency: u32,
+    pub max_replicas: u32,
+    /// The declared windows (CronHPA and Headroom's `schedule`), and their time zone.
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    /// Whether Headroom is told `serviceTimeSeconds` (else it learns it from drains).
+    pub declare_service_time: bool,
+    /// Whether the queue exposes produced/consumed counters (Kafka) or only depths.
+    pub counters: bool,
+    /// Size of the fixed warm pool (pause pods).
+    pub warm_pool: u32,
+    /// Headroom's `drainSeconds`.
+    pub drain_seconds: f64,
+}
+
+/// The policies compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum PolicyKind {
+    KedaDefaults,
+    KedaTuned,
+    WarmPool,
+    CronHpa,
+    Headroom,
+    HeadroomPrewarm,
+    Oracle,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 7] = [
+        PolicyKind::KedaDefaults,
+        PolicyKind::KedaTuned,
+        PolicyKind::WarmPool,
+        PolicyKind::CronHpa,
+        PolicyKind::Headroom,
+        PolicyKind::HeadroomPrewarm,
+        PolicyKind::Oracle,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::KedaDefaults => "keda-defaults",
+            PolicyKind::KedaTuned => "keda-tuned",
+            PolicyKind::WarmPool => "warm-pool",
+            PolicyKind::CronHpa => "cron-hpa",
+            PolicyKind::Headroom => "headroom",
+            PolicyKind::HeadroomPrewarm => "headroom+prewarm",
+            PolicyKind::Oracle => "oracle",
+        }
+    }
+}
+
+/// Where a capacity planner (the provisioner's `plan()`, later) plugs in: how many nodes to
+/// hold up at `now`, given what the scaler's planner knows. The simulator launches missing
+/// nodes at once and never consolidates below the answer.
+pub trait CapacityPlan {
+    fn nodes_wanted(&mut self, now: f64, planner: &Planner, node_lead: f64) -> u32;
+}
+
+/// A stand-in until the provisioner lands: hold as many nodes as the largest replica need the
+/// scaler forecasts over the next node lead time (boot + pull + start).
+#[derive(Debug, Default)]
+pub struct ForecastFloor;
+
+impl CapacityPlan for ForecastFloor {
+    fn nodes_wanted(&mut self, now: f64, planner: &Planner, node_lead: f64) -> u32 {
+        planner
+            .forecast(now, node_lead, 60.0)
+            .iter()
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A histogram of waits in whole seconds (weights are fractional jobs).
+#[derive(Debug, Clone)]
+pub struct Waits {
+    buckets: Vec<f64>,
+    total: f64,
+}
+
+const MAX_WAIT: usize = 6 * 3600;
+
+impl Default for Waits {
+    fn default() -> Self {
+        Self {
+            buckets: vec![0.0; MAX_WAIT + 1],
+            total: 0.0,
+        }
+    }
+}
+
+impl Waits {
+    fn add(&mut self, wait: u64, n: f64) {
+        self.buckets[(wait as usize).min(MAX_WAIT)] += n;
+        self.total += n;
+    }
+
+    pub fn total(&self) -> f64 {
+        self.total
+    }
+
+    /// The `q` quantile in seconds (the `MAX_WAIT` bucket means "at least").
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.total <= 0.0 {
+            return 0.0;
+        }
+        let want = q * self.total;
+        let mut acc = 0.0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            acc += b;
+            if acc >= want - 1e-9 {
+                return i as f64;
+            }
+        }
+        MAX_WAIT as f64
+    }
+
+    pub fn share_within(&self, secs: u64) -> f64 {
+        if self.total <= 0.0 {
+            return 1.0;
+        }
+        self.buckets[..=(secs as usize).min(MAX_WAIT)]
+            .iter()
+            .sum::<f64>()
+            / self.total
+    }
+}
+
+/// One run's results.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub scenario: String,
+    pub policy: PolicyKind,
+    pub waits: Waits,
+    pub gpu_node_hours: f64,
+    pub cost: f64,
+    pub idle_gpu_hours: f64,
+    /// Unserved jobs left at the end.
+    pub left: f64,
+    /// (t, arrivals per s, replicas, ready pods, nodes) sampled for the chart.
+    pub series: Vec<(f64, f64, u32, u32, u32)>,
+    /// Forecast error at the lead time (Headroom's), when it was on.
+    pub forecast_mape: Option<(f64, f64)>,
+}
+
+struct Workload {
+    queue: VecDeque<(u64, f64)>,
+    waiting: f64,
+    in_service: f64,
+    /// Completions by second, as a difference array over a ring.
+    ring: Vec<f64>,
+    rate_diff: f64,
+    produced: f64,
+    consumed: f64,
+    waits: Waits,
+}
+
+impl Workload {
+    fn new(max_service: f64) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            waiting: 0.0,
+            in_service: 0.0,
+            ring: vec![0.0; (max_service * 2.0) as usize + 8],
+            rate_diff: 0.0,
+            produced: 0.0,
+            consumed: 0.0,
+            waits: Waits::default(),
+        }
+    }
+
+    fn step(&mut self, sec: u64, arrivals: f64, slots: f64, service: f64) {
+        let len = self.ring.len();
+        // Completions this second.
+        self.rate_diff += self.ring[sec as usize % len];
+        self.ring[sec as usize % len] = 0.0;
+        let done = self.rate_diff.max(0.0).min(self.in_service);
+        self.in_service -= done;
+        self.consumed += done;
+        if self.in_service < 1e-9 {
+            self.in_service = 0.0;
+        }
+        if arrivals > 0.0 {
+            self.queue.push_back((sec, arrivals));
+            self.waiting += arrivals;
+            self.produced += arrivals;
+        }
+        let mut free = slots - self.in_service;
+        let mut started = 0.0;
+        while free > 1e-9 {
+            let Some(front) = self.queue.front_mut() else {
+                break;
+            };
+            let n = front.1.min(free);
+            self.waits.add(sec - front.0, n);
+            front.1 -= n;
+            free -= n;
+            started += n;
+            if front.1 <= 1e-9 {
+                self.queue.pop_front();
+            }
+        }
+        if started > 0.0 {
+            self.waiting = (self.waiting - started).max(0.0);
+            self.in_service += started;
+            // Completions spread evenly over [0.5 S, 1.5 S] (whole seconds, at least 1).
+            let lo = (0.5 * service).round().max(1.0) as usize;
+            let width = service.round().max(1.0) as usize;
+            let per = started / width as f64;
+            self.ring[(sec as usize + lo) % len] += per;
+            self.ring[(sec as usize + lo + width) % len] -= per;
+        }
+    }
+
+    fn backlog(&self) -> f64 {
+        self.waiting + self.in_service
+    }
+}
+
+/// The per-policy controller.
+enum Control {
+    Keda {
+        keda: Keda,
+        hpa: Hpa,
+        cron: Option<Schedule>,
+    },
+    Headroom {
+        keda: Keda,
+        hpa: Hpa,
+        planner: Box<Planner>,
+        plan: Option<Box<dyn CapacityPlan + Send>>,
+    },
+    Oracle {
+        /// Replicas wanted per second (precomputed from the future).
+        wanted: Vec<u32>,
+    },
+}
+
+fn planned_config(sc: &Scenario, lead: f64) -> PlannedConfig {
+    let schedule = sc
+        .schedule
+        .as_deref()
+        .and_then(|s| Schedule::parse(s, sc.timezone.as_deref()).ok());
+    PlannedConfig {
+        policy: PolicyConfig {
+            tasks_per_replica: f64::from(sc.concurrency),
+            service_time: sc.declare_service_time.then_some(sc.service_seconds),
+            concurrency: sc.concurrency,
+            drain_seconds: sc.drain_seconds,
+            min_replicas: 0,
+            max_replicas: sc.max_replicas,
+        },
+        schedule,
+        forecast: ForecastMode::Seasonal,
+        lead_time_seconds: lead,
+    }
+}
+
+/// What the oracle asks for at each second: the largest need over the next `lead` seconds,
+/// where the need at τ is what the *actual* arrivals of the minute around τ keep busy at 85 %
+/// utilisation.
+fn oracle_wanted(sc: &Scenario, lead: f64) -> Vec<u32> {
+    let tr = &sc.trace;
+    let n = tr.duration() as usize;
+    let minutes = n.div_ceil(60);
+    let need: Vec<u32> = (0..minutes)
+        .map(|m| {
+            let t0 = tr.start + (m * 60) as f64;
+            let (mut a, mut work) = (0.0, 0.0);
+            for s in 0..60 {
+                let t = t0 + s as f64;
+                let r = tr.rate_at(t);
+                a += r;
+                work += r * tr.service_at(t).unwrap_or(sc.service_seconds);
+            }
+            let _ = a;
+            let busy = work / 60.0 / f64::from(sc.concurrency);
+            ((busy / 0.85).ceil() as u32).min(sc.max_replicas)
+        })
+        .collect();
+    // Sliding maximum over [m, m + lead].
+    let span = (lead / 60.0).ceil() as usize + 1;
+    let mut out_min = vec![0u32; minutes];
+    let mut dq: VecDeque<usize> = VecDeque::new();
+    for m in (0..minutes).rev() {
+        while dq.back().is_some_and(|&j| need[j] <= need[m]) {
+            dq.pop_back();
+        }
+        dq.push_back(m);
+        while dq.front().is_some_and(|&j| j > m + span) {
+            dq.pop_front();
+        }
+        out_min[m] = need[*dq.front().unwrap_or(&m)];
+    }
+    (0..n).map(|s| out_min[s / 60]).collect()
+}
+
+/// Runs one policy over one scenario.
+pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
+    let tr = &sc.trace;
+    let n = tr.duration().round() as u64;
+    let lead = cl.worst_pod_latency();
+    let tpr = f64::from(sc.concurrency);
+    let mut cluster = Cluster::new(cl.clone());
+    let mut control = match policy {
+        PolicyKind::KedaDefaults => Control::Keda {
+            keda: Keda::new(30.0),
+            hpa: Hpa::new(true, sc.max_replicas),
+            cron: None,
+        },
+        PolicyKind::KedaTuned | PolicyKind::WarmPool => Control::Keda {
+            keda: Keda::new(2.0),
+            hpa: Hpa::new(false, sc.max_replicas),
+            cron: None,
+        },
+        PolicyKind::CronHpa => Control::Keda {
+            keda: Keda::new(2.0),
+            hpa: Hpa::new(false, sc.max_replicas),
+            cron: sc
+                .schedule
+                .as_deref()
+                .and_then(|s| Schedule::parse(s, sc.timezone.as_deref()).ok()),
+        },
+        PolicyKind::Headroom | PolicyKind::HeadroomPrewarm => Control::Headroom {
+            keda: Keda::new(30.0),
+            hpa: Hpa::new(false, sc.max_replicas),
+            planner: Box::new(Planner::new(planned_config(sc, lead))),
+            plan: (policy == PolicyKind::HeadroomPrewarm)
+                .then(|| Box::new(ForecastFloor) as Box<dyn CapacityPlan + Send>),
+        },
+        PolicyKind::Oracle => Control::Oracle {
+            wanted: oracle_wanted(sc, lead),
+        },
+    };
+    if policy == PolicyKind::WarmPool {
+        cluster.set_pause_pods(sc.warm_pool);
+    }
+    let max_service = tr.service.as_ref().map_or(sc.service_seconds, |s| {
+        s.iter().copied().fold(sc.service_seconds, f64::max)
+    });
+    let mut work = Workload::new(max_service);
+    let sample_every = (n / 1500).max(1);
+    let mut series = Vec::new();
+    let mut sample_arrivals = 0.0;
+    for sec in 0..n {
+        let t = tr.start + sec as f64;
+        let arrivals = tr.rate_at(t);
+        let service = tr.service_at(t).unwrap_or(sc.service_seconds);
+        let slots = f64::from(cluster.ready_pods() * sc.concurrency);
+        work.step(sec, arrivals, slots, service);
+        sample_arrivals += arrivals;
+        let backlog = work.backlog();
+        let current = cluster.replicas();
+        let desired = match &mut control {
+            Control::Keda { keda, hpa, cron } => {
+                let cron_now = cron.as_ref().and_then(|s| s.replicas_at(instant(t), 0));
+                let active = backlog > 1e-6 || cron_now.is_some();
+                let mut r = current;
+                if keda.due(t) {
+                    r = keda.poll(t, active, r);
+                }
+                if hpa.due(t) {
+                    let mut metrics = vec![(backlog, tpr)];
+                    if let Some(c) = cron_now {
+                        metrics.push((f64::from(c), 1.0));
+                    }
+                    r = hpa.sync(t, r, &metrics);
+                }
+                r
+            }
+            Control::Headroom {
+                keda,
+                hpa,
+                planner,
+                plan,
+            } => {
+                let waiting = work.waiting.round() as u64;
+                let in_flight = work.in_service.round() as u64;
+                let obs = if sc.counters {
+                    Observation {
+                        at: t,
+                        waiting,
+                        in_flight,
+                        produced_total: Some(work.produced.floor() as u64),
+                        consumed_total: Some(work.consumed.floor() as u64),
+                    }
+                } else {
+                    Observation::depth(t, waiting, in_flight)
+                };
+                planner.observe(obs);
+                let mut r = current;
+                // Push: the scaler's stream reports activation within its poll (≤ 1 s here).
+                if r == 0 {
+                    r = keda.push(t, planner.active(t), r);
+                }
+                if keda.due(t) {
+                    r = keda.poll(t, planner.active(t), r);
+                }
+                if hpa.due(t) {
+                    let value = f64::from(planner.desired_now(t));
+                    r = hpa.sync(t, r, &[(value, 1.0)]);
+                }
+                if let Some(p) = plan {
+                    let nodes = p.nodes_wanted(t, planner, lead);
+                    cluster.set_held_nodes(nodes.div_ceil(cl.gpus_per_node.max(1)));
+                }
+                r
+            }
+            Control::Oracle { wanted } => {
+                let drain = ((work.waiting) / tpr).ceil() as u32;
+                wanted[sec as usize].max(drain).min(sc.max_replicas)
+            }
+        };
+        if desired != current {
+            cluster.scale_to(desired);
+        }
+        let busy = (work.in_service / tpr).min(f64::from(cluster.ready_pods()));
+        cluster.step(t, busy);
+        if sec % sample_every == 0 {
+            series.push((
+                t,
+                sample_arrivals / sample_every as f64,
+                cluster.replicas(),
+                cluster.ready_pods(),
+                cluster.nodes(),
+            ));
+            sample_arrivals = 0.0;
+        }
+    }
+    let forecast_mape = match &control {
+        Control::Headroom { planner, .. } => planner
+            .forecast_error()
+            .and_then(|e| Some((e.total?.mape, e.total_naive_day?.mape))),
+        _ => None,
+    };
+    RunResult {
+        scenario: sc.name.clone(),
+        policy,
+        gpu_node_hours: cluster.node_seconds / 3600.0,
+        cost: cluster.cost,
+        idle_gpu_hours: cluster.idle_gpu_seconds / 3600.0,
+        left: work.backlog(),
+        waits: work.waits,
+        series,
+        forecast_mape,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steady(rate: f64, secs: usize) -> Scenario {
+        Scenario {
+            name: "steady".into(),
+            trace: Trace {
+                name: "steady".into(),
+                start: 1_715_558_400.0,
+                bin: 1.0,
+                arrivals: vec![rate; secs],
+                service: None,
+            },
+            service_seconds: 10.0,
+            concurrency: 1,
+            max_replicas: 50,
+            schedule: None,
+            timezone: None,
+            declare_service_time: true,
+            counters: false,
+            warm_pool: 2,
+            drain_seconds: 60.0,
+        }
+    }
+
+    #[test]
+    fn jobs_are_conserved_and_waits_are_recorded() {
+        let sc = steady(0.5, 7200);
+        let r = run(&sc, PolicyKind::KedaTuned, &ClusterConfig::default());
+        let arrived = 0.5 * 7200.0;
+        assert!(
+            (r.waits.total() + r.left - arrived).abs() < 1e-3 * arrived + 20.0,
+            "{} {}",
+            r.waits.total(),
+            r.left
+        );
+        // The first jobs wait for a node: minutes.
+        assert!(r.waits.quantile(0.999) > 300.0);
+        assert!(r.gpu_node_hours > 1.0);
+    }
+
+    #[test]
+    fn the_oracle_has_capacity_before_the_first_job() {
+        let mut sc = steady(0.0, 3600);
+        for a in &mut sc.trace.arrivals[1800..] {
+            *a = 0.5;
+        }
+        let r = run(&sc, PolicyKind::Oracle, &ClusterConfig::default());
+        assert!(r.waits.quantile(0.99) <= 2.0, "{}", r.waits.quantile(0.99));
+        let k = run(&sc, PolicyKind::KedaDefaults, &ClusterConfig::default());
+        assert!(k.waits.quantile(0.9) > 60.0, "{}", k.waits.quantile(0.9));
+    }
+}

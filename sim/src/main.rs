@@ -1,0 +1,405 @@
+//! `headroom-sim`: runs every policy on the shipped and real traces (no arguments), on your own
+//! trace (`--trace my.csv`), backtests the forecaster (`backtest`), or regenerates the shipped
+//! traces (`generate`).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use headroom_scaler::forecast::{BacktestReport, DEFAULT_BIN_SECONDS, backtest};
+use headroom_scaler::schedule::Schedule;
+use headroom_sim::cluster::ClusterConfig;
+use headroom_sim::engine::{PolicyKind, Scenario};
+use headroom_sim::report::{self, Row};
+use headroom_sim::scenarios;
+use headroom_sim::trace::{Format, Trace, parse_csv};
+
+#[derive(Parser, Debug)]
+#[command(name = "headroom-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The forecaster's error at the lead time against seasonal-naive (same time yesterday /
+    /// last week), on `--trace` or on every real trace.
+    Backtest(BacktestArgs),
+    /// Regenerates the shipped synthetic traces from their seed.
+    Generate {
+        #[arg(long, default_value_os_t = scenarios::traces_dir())]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct TraceArgs {
+    /// A trace CSV: `time,arrivals[,service_seconds]` rows, or one row per request.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    format: Format,
+}
+
+#[derive(Args, Debug)]
+struct BacktestArgs {
+    #[command(flatten)]
+    input: TraceArgs,
+    /// Lead time in seconds (the forecast horizon scored).
+    #[arg(long, default_value_t = 300.0)]
+    lead: f64,
+    /// Forecast bin in seconds (divides a day); at least the trace's own resolution.
+    #[arg(long, default_value_t = DEFAULT_BIN_SECONDS)]
+    bin: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    input: TraceArgs,
+    /// Mean service seconds per job (when the trace has no service column).
+    #[arg(long, default_value_t = 10.0)]
+    service_seconds: f64,
+    /// Jobs one pod runs at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    #[arg(long, default_value_t = 100)]
+    max_replicas: u32,
+    /// Declared windows (Headroom `schedule` and the CronHPA policy).
+    #[arg(long)]
+    schedule: Option<String>,
+    #[arg(long)]
+    timezone: Option<String>,
+    /// Headroom's `drainSeconds`: a backlog should be gone within this long.
+    #[arg(long, default_value_t = 60.0)]
+    drain_seconds: f64,
+    /// Pause pods in the fixed warm pool policy.
+    #[arg(long, default_value_t = 2)]
+    warm_pool: u32,
+    /// Multiply the trace's arrivals by this.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Node boot seconds, uniform between min and max.
+    #[arg(long, default_value_t = 80.0)]
+    boot_min: f64,
+    #[arg(long, default_value_t = 120.0)]
+    boot_max: f64,
+    /// Image pull seconds on a new node, uniform between min and max.
+    #[arg(long, default_value_t = 240.0)]
+    pull_min: f64,
+    #[arg(long, default_value_t = 360.0)]
+    pull_max: f64,
+    /// Container start + model load seconds.
+    #[arg(long, default_value_t = 20.0)]
+    pod_start: f64,
+    #[arg(long, default_value_t = 1)]
+    gpus_per_node: u32,
+    #[arg(long, default_value_t = 30.0)]
+    consolidate_after: f64,
+    /// $ per node-hour.
+    #[arg(long, default_value_t = 1.006)]
+    on_demand_price: f64,
+    #[arg(long, default_value_t = 0.40)]
+    spot_price: f64,
+    /// Share of nodes launched as spot, 0-1.
+    #[arg(long, default_value_t = 0.0)]
+    spot_share: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Comma-separated subset of policies.
+    #[arg(long, value_delimiter = ',')]
+    policies: Vec<String>,
+    /// Only the shipped synthetic traces (skip the real ones).
+    #[arg(long)]
+    synthetic_only: bool,
+    /// Results table as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Where the CSV and SVG files go.
+    #[arg(long, default_value = "target/headroom-sim")]
+    out: PathBuf,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("headroom-sim: {msg}");
+    ExitCode::from(64)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Generate { out }) => generate(&out),
+        Some(Command::Backtest(b)) => run_backtest(&b),
+        None => run(&cli.run),
+    }
+}
+
+fn generate(out: &std::path::Path) -> ExitCode {
+    for t in headroom_sim::generate::all(headroom_sim::generate::SEED) {
+        let path = out.join(format!("{}.csv", t.name));
+        if let Err(e) = std::fs::write(&path, t.to_csv()) {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
+        println!(
+            "{} ({} bins, {:.0} arrivals)",
+            path.display(),
+            t.arrivals.len(),
+            t.total()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn load(input: &TraceArgs) -> Result<Option<Trace>, String> {
+    let Some(path) = &input.trace else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut t =
+        parse_csv(&text, &path.display().to_string(), input.format).map_err(|e| e.to_string())?;
+    t.name = path
+        .file_stem()
+        .map_or_else(|| "trace".into(), |s| s.to_string_lossy().into_owned());
+    Ok(Some(t))
+}
+
+fn print_backtest(name: &str, r: &BacktestReport) {
+    let f = |s: &headroom_scaler::forecast::Score| {
+        format!(
+            "MAPE {:>6.1}%  WAPE {:>6.1}%  under {:>5.1}%",
+            s.mape * 100.0,
+            s.wape * 100.0,
+            s.under_share * 100.0
+        )
+    };
+    println!(
+        "{name}  (bin {} s, horizon {} bins)",
+        r.bin_seconds, r.horizon_bins
+    );
+    println!(
+        "  seasonal forecast  {}   ({} bins)",
+        f(&r.model),
+        r.model.bins
+    );
+    println!("  naive (yesterday)  {}", f(&r.naive_day));
+    if let (Some(m), Some(n)) = (&r.model_week_bins, &r.naive_week) {
+        println!(
+            "  seasonal forecast  {}   (bins with a week of history: {})",
+            f(m),
+            m.bins
+        );
+        println!("  naive (last week)  {}", f(n));
+    }
+}
+
+fn run_backtest(b: &BacktestArgs) -> ExitCode {
+    let mut traces: Vec<(String, Trace)> = Vec::new();
+    match load(&b.input) {
+        Err(e) => return fail(e),
+        Ok(Some(t)) => traces.push((t.name.clone(), t)),
+        Ok(None) => match headroom_sim::scenarios::backtest_traces() {
+            Ok(v) => traces = v,
+            Err(e) => return fail(e),
+        },
+    }
+    let mut out = Vec::new();
+    for (name, t) in &traces {
+        let bin = b.bin.max(t.bin.ceil() as u32);
+        if 86_400 % bin != 0 {
+            return fail(format!(
+                "--bin {bin}: must divide 86400 (and be at least the trace's {} s)",
+                t.bin
+            ));
+        }
+        match backtest(t.samples(), bin, b.lead.max(f64::from(bin))) {
+            Some(r) => {
+                if !b.json {
+                    print_backtest(name, &r);
+                }
+                out.push(serde_json::json!({"trace": name, "report": r}));
+            }
+            None => eprintln!("{name}: shorter than two days, nothing to score"),
+        }
+    }
+    if b.json {
+        println!("{}", serde_json::Value::Array(out));
+    }
+    ExitCode::SUCCESS
+}
+
+fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
+    let mut bad = Vec::new();
+    let mut range = |name: &str, lo: f64, hi: f64| {
+        if !(lo.is_finite() && hi.is_finite() && lo >= 0.0 && hi >= lo) {
+            bad.push(format!(
+                "--{name}-min/--{name}-max: {lo}..{hi} is not a range of seconds ≥ 0"
+            ));
+        }
+    };
+    range("boot", a.boot_min, a.boot_max);
+    range("pull", a.pull_min, a.pull_max);
+    for (flag, v) in [
+        ("--pod-start", a.pod_start),
+        ("--consolidate-after", a.consolidate_after),
+        ("--on-demand-price", a.on_demand_price),
+        ("--spot-price", a.spot_price),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            bad.push(format!("{flag}: {v} is not a number ≥ 0"));
+        }
+    }
+    if !(0.0..=1.0).contains(&a.spot_share) {
+        bad.push(format!(
+            "--spot-share: {} is not between 0 and 1",
+            a.spot_share
+        ));
+    }
+    if a.gpus_per_node == 0 {
+        bad.push("--gpus-per-node: must be ≥ 1".into());
+    }
+    if !bad.is_empty() {
+        return Err(bad);
+    }
+    Ok(ClusterConfig {
+        boot_seconds: (a.boot_min, a.boot_max),
+        pull_seconds: (a.pull_min, a.pull_max),
+        pod_start_seconds: a.pod_start,
+        gpus_per_node: a.gpus_per_node,
+        consolidate_after_seconds: a.consolidate_after,
+        on_demand_price: a.on_demand_price,
+        spot_price: a.spot_price,
+        spot_share: a.spot_share,
+        seed: a.seed,
+        ..ClusterConfig::default()
+    })
+}
+
+fn run(a: &RunArgs) -> ExitCode {
+    let cluster = match cluster_config(a) {
+        Ok(c) => c,
+        Err(bad) => return fail(bad.join("\n  ")),
+    };
+    let mut policies = Vec::new();
+    for p in &a.policies {
+        match PolicyKind::ALL.iter().find(|k| k.name() == p.as_str()) {
+            Some(k) => policies.push(*k),
+            None => {
+                let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
+                return fail(format!(
+                    "--policies: unknown {p:?} (one of {})",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    if policies.is_empty() {
+        policies = PolicyKind::ALL.to_vec();
+    }
+    let scenarios: Vec<Scenario> = match load(&a.input) {
+        Err(e) => return fail(e),
+        Ok(Some(t)) => {
+            if let Some(s) = &a.schedule
+                && let Err(e) = Schedule::parse(s, a.timezone.as_deref())
+            {
+                return fail(format!("--schedule/--timezone: {e}"));
+            }
+            if !(a.service_seconds.is_finite() && a.service_seconds > 0.0) || a.concurrency == 0 {
+                return fail("--service-seconds must be > 0 and --concurrency ≥ 1");
+            }
+            vec![Scenario {
+                name: t.name.clone(),
+                trace: t.scaled(a.scale),
+                service_seconds: a.service_seconds,
+                concurrency: a.concurrency,
+                max_replicas: a.max_replicas,
+                schedule: a.schedule.clone(),
+                timezone: a.timezone.clone(),
+                declare_service_time: true,
+                counters: false,
+                warm_pool: a.warm_pool,
+                drain_seconds: a.drain_seconds,
+            }]
+        }
+        Ok(None) => {
+            let mut v = match scenarios::synthetic() {
+                Ok(v) => v,
+                Err(e) => return fail(e),
+            };
+            if !a.synthetic_only {
+                match scenarios::real() {
+                    Ok(r) => v.extend(r),
+                    Err(e) => return fail(e),
+                }
+            }
+            v
+        }
+    };
+    let started = Instant::now();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4);
+    let progress = |done: usize, total: usize, label: &str| {
+        let width = 30;
+        let filled = done * width / total.max(1);
+        eprint!(
+            "\r[{}{}] {done}/{total} {:>5.1}s {label:<45}",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    };
+    let results = headroom_sim::run_all(&scenarios, &policies, &cluster, threads, &progress);
+    eprintln!();
+    let rows: Vec<Row> = results.iter().map(Row::from).collect();
+    if let Err(e) = std::fs::create_dir_all(&a.out) {
+        return fail(format!("--out {}: {e}", a.out.display()));
+    }
+    let csv_path = a.out.join("results.csv");
+    if let Err(e) = std::fs::write(&csv_path, report::csv(&rows)) {
+        return fail(format!("cannot write {}: {e}", csv_path.display()));
+    }
+    for sc in &scenarios {
+        let rs: Vec<_> = results.iter().filter(|r| r.scenario == sc.name).collect();
+        let path = a.out.join(format!("{}.svg", sc.name));
+        let load = sc.service_seconds / f64::from(sc.concurrency);
+        if let Err(e) = std::fs::write(&path, report::svg(&sc.name, &rs, load)) {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    if a.json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return fail(e),
+        }
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", report::table(&rows));
+    println!();
+    println!("Targets (issue 4), Headroom without prewarmed nodes:");
+    for sc in &scenarios {
+        for (claim, met) in report::targets(&rows, &sc.name, sc.name == "poisson_spikes") {
+            println!(
+                "  {:<20} {} {claim}",
+                sc.name,
+                if met { "met   " } else { "MISSED" }
+            );
+        }
+    }
+    println!(
+        "\n{} runs in {:.1} s; CSV and charts in {}",
+        results.len(),
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    ExitCode::SUCCESS
+}
