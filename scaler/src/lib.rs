@@ -18,5 +18,6 @@ pub mod observations;
 pub mod push;
 pub mod server;
 pub mod service;
+pub mod shared_state;
 pub mod sources;
 pub mod trigger;

@@ -27,7 +27,9 @@ use crate::error::Error;
 use crate::metrics;
 use crate::observations::Observations;
 use crate::push::PushHub;
-use crate::sources::SourceKind;
+use crate::shared_state::SharedState;
+use crate::sources::kafka::{Persistent, persistent_partitions};
+use crate::sources::{SourceConfig, SourceError, SourceKind};
 use crate::trigger::{Answer, Trigger};
 
 /// The scaler's state shared by all calls.
@@ -37,7 +39,12 @@ pub struct Scaler {
     push: Arc<PushHub>,
     shutdown: CancellationToken,
     heartbeat: Duration,
+    history: Arc<SharedState>,
+    persistent_lag_interval: Duration,
 }
+
+/// Default of `--persistent-lag-interval`.
+pub const PERSISTENT_LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Scaler {
     /// `heartbeat`: how often an open `StreamIsActive` repeats its current state.
@@ -52,7 +59,17 @@ impl Scaler {
             push,
             shutdown,
             heartbeat,
+            history: Arc::new(SharedState::default()),
+            persistent_lag_interval: PERSISTENT_LAG_INTERVAL,
         }
+    }
+
+    /// Keeps per-trigger state (Kafka's `excludePersistentLag`) in `history`, comparing with
+    /// readings at least `interval` older.
+    pub fn with_history(mut self, history: Arc<SharedState>, interval: Duration) -> Self {
+        self.history = history;
+        self.persistent_lag_interval = interval;
+        self
     }
 
     pub fn observations(&self) -> &Arc<Observations> {
@@ -87,7 +104,14 @@ impl Scaler {
                 source_name: trigger.kind().name(),
                 error,
             })?;
-        let answer = trigger.answer(&depth);
+        let persistent =
+            self.persistent(r, trigger, &depth)
+                .await
+                .map_err(|error| Error::Source {
+                    source_name: trigger.kind().name(),
+                    error,
+                })?;
+        let answer = trigger.answer(&depth, &persistent);
         metrics::trigger_reading(
             &r.namespace,
             &r.name,
@@ -98,6 +122,31 @@ impl Scaler {
             answer.value,
         );
         Ok(answer)
+    }
+
+    /// Kafka's `excludePersistentLag`: the partitions stuck since the previous read of this
+    /// trigger. A history store that cannot be read is an error, never "nothing is stuck".
+    async fn persistent(
+        &self,
+        r: &ScaledObjectRef,
+        trigger: &Trigger,
+        depth: &crate::sources::Depth,
+    ) -> Result<Persistent, SourceError> {
+        let (SourceConfig::Kafka(m), Some(offsets)) = (&trigger.source, &depth.kafka) else {
+            return Ok(Persistent::default());
+        };
+        if !m.exclude_persistent_lag {
+            return Ok(Persistent::default());
+        }
+        let key = m
+            .query()
+            .state_key(&r.namespace, &r.name, &trigger.metric_name);
+        persistent_partitions(&self.history, &key, offsets, self.persistent_lag_interval)
+            .await
+            .map_err(|e| SourceError::Unavailable {
+                endpoint: self.history.label(),
+                source: Arc::new(e),
+            })
     }
 
     pub fn metric_value(trigger: &Trigger, answer: &Answer) -> GetMetricsResponse {
@@ -275,7 +324,8 @@ impl Scaler {
         loop {
             let reading = readings.borrow_and_update().clone();
             if let Some(Ok(depth)) = reading {
-                let active = trigger.answer(&depth).active;
+                // Activation never depends on persistent-lag state.
+                let active = trigger.answer_now(&depth).active;
                 if sent != Some(active) {
                     if active && sent == Some(false) {
                         metrics::push_activation(trigger.kind());

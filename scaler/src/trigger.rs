@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use crate::metadata::{MetadataError, Problem, Reader, normalize_metric_name};
+use crate::sources::kafka::Persistent;
 use crate::sources::{Depth, Query, SourceConfig, SourceKind};
 
 /// What the trigger's metric means.
@@ -15,7 +16,7 @@ pub enum MetricMode {
 /// A parsed trigger.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trigger {
-    /// `source` (required): `celery` or `redis-list`.
+    /// `source` (required): `celery`, `redis-list`, `aws-sqs-queue` or `kafka`.
     pub source: SourceConfig,
     /// `metric` (default `depth`).
     pub metric: MetricMode,
@@ -116,13 +117,20 @@ impl Trigger {
         self.source.query()
     }
 
-    pub fn answer(&self, depth: &Depth) -> Answer {
+    /// The answer for a reading. `persistent` only matters for Kafka's `excludePersistentLag`
+    /// (see [`crate::sources::kafka::Persistent`]); activation never depends on it.
+    pub fn answer(&self, depth: &Depth, persistent: &Persistent) -> Answer {
         match self.metric {
-            MetricMode::Depth => Answer {
-                value: self.source.value(depth),
-                active: self.source.is_active(depth),
-            },
+            MetricMode::Depth => {
+                let (value, active) = self.source.evaluate(depth, persistent);
+                Answer { value, active }
+            }
         }
+    }
+
+    /// The answer when no persistent-lag state applies (and for activation, which ignores it).
+    pub fn answer_now(&self, depth: &Depth) -> Answer {
+        self.answer(depth, &Persistent::default())
     }
 }
 
@@ -148,15 +156,9 @@ mod tests {
         .unwrap();
         assert_eq!(t.metric_name, "redis-my-jobs");
         assert_eq!(t.target(), 5.0);
-        let a = t.answer(&Depth {
-            waiting: 0,
-            in_flight: 0,
-        });
+        let a = t.answer_now(&Depth::simple(0, 0));
         assert_eq!((a.value, a.active), (0.0, false));
-        let a = t.answer(&Depth {
-            waiting: 1,
-            in_flight: 0,
-        });
+        let a = t.answer_now(&Depth::simple(1, 0));
         assert!(a.active);
     }
 
@@ -168,7 +170,7 @@ mod tests {
             ("activationTasks", "3"),
         ]))
         .unwrap();
-        let at = |waiting, in_flight| t.answer(&Depth { waiting, in_flight }).active;
+        let at = |waiting, in_flight| t.answer_now(&Depth::simple(waiting, in_flight)).active;
         assert!(!at(3, 0));
         assert!(at(3, 1));
         assert!(at(4, 0));
@@ -316,8 +318,8 @@ mod fuzz {
             prop_assert_eq!(&c.queues, &queues);
             prop_assert_eq!(c.endpoint.port, port);
             prop_assert_eq!(c.endpoint.db, db);
-            let d = Depth { waiting: activation as u64, in_flight: 1 };
-            prop_assert!(t.answer(&d).active);
+            let d = Depth::simple(activation as u64, 1);
+            prop_assert!(t.answer_now(&d).active);
         }
     }
 }
