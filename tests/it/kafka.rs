@@ -393,7 +393,7 @@ async fn persistent_lag_state_is_shared_through_redis_and_a_dead_store_is_an_err
         value(&mut ca, "shared-g", Some("shared-stuck"), &[])
             .await
             .value,
-        1.0
+        8.0
     );
 }
 

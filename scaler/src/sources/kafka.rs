@@ -665,9 +665,13 @@ impl KafkaQuery {
                 Ok(d)
             }
         };
-        // Drain client events (errors, logs) that librdkafka queued for this handle.
-        let _ = handle.consumer.poll(Duration::ZERO);
-        let err = |e: KafkaError| handle.classify(self, e);
+        // Deliver client events (errors, logs) that librdkafka queued for this handle: an
+        // authentication failure reaches the context this way.
+        handle.drain_events();
+        let err = |e: KafkaError| {
+            handle.drain_events();
+            handle.classify(self, e)
+        };
 
         // 1. Which partitions.
         let metadata = handle
@@ -719,10 +723,17 @@ impl KafkaQuery {
         let committed = if tpl.count() == 0 {
             TopicPartitionList::new()
         } else {
-            handle
-                .consumer
-                .committed_offsets(tpl.clone(), left()?)
-                .map_err(err)?
+            loop {
+                match handle.consumer.committed_offsets(tpl.clone(), left()?) {
+                    Ok(c) => break c,
+                    // The group's coordinator is moving or loading (a broker restart, the
+                    // first use of the offsets topic): librdkafka finds the new one on retry.
+                    Err(e) if coordinator_moving(&e) && left()? > Duration::from_millis(100) => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
         };
         let mut committed_by: HashMap<(String, i32), Option<i64>> = HashMap::new();
         for e in committed.elements() {
@@ -796,6 +807,17 @@ impl KafkaQuery {
         out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(out)
     }
+}
+
+fn coordinator_moving(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+        )
+    )
 }
 
 /// The depth a Kafka reading stands for: waiting = the lag of partitions with a committed
@@ -926,10 +948,26 @@ pub async fn persistent_partitions(
 #[derive(Debug, Default)]
 pub struct Context {
     auth_failure: Mutex<Option<(Instant, String)>>,
+    /// The last connection failure librdkafka logged (TLS handshake, resolution...): calls
+    /// fail with a bare "transport failure", this says why.
+    broker_failure: Mutex<Option<(Instant, String)>>,
 }
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // librdkafka reports a refused SASL login as a log line and a broker failure; the call
+        // in progress then fails with a transport error, so remember why.
+        if message.contains("SASL authentication error")
+            || message.contains("Authentication failed")
+        {
+            self.remember_auth_failure(message);
+        } else if fac == "FAIL" || message.contains("handshake failed") {
+            *self
+                .broker_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((Instant::now(), message.to_string()));
+        }
         if matches!(
             level,
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical
@@ -946,20 +984,25 @@ impl ClientContext for Context {
             Some(
                 RDKafkaErrorCode::Authentication
                     | RDKafkaErrorCode::SaslAuthenticationFailed
-                    | RDKafkaErrorCode::SSL
                     | RDKafkaErrorCode::ClusterAuthorizationFailed
                     | RDKafkaErrorCode::GroupAuthorizationFailed
                     | RDKafkaErrorCode::TopicAuthorizationFailed
             )
         );
         if auth {
-            *self
-                .auth_failure
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some((Instant::now(), reason.to_string()));
+            self.remember_auth_failure(reason);
         }
         tracing::debug!(%error, reason, "librdkafka error");
+    }
+}
+
+impl Context {
+    fn remember_auth_failure(&self, reason: &str) {
+        *self
+            .auth_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Instant::now(), reason.to_string()));
     }
 }
 
@@ -978,6 +1021,16 @@ impl fmt::Debug for Handle {
 }
 
 impl Handle {
+    /// Serves queued client events, so that the context hears about errors (the handle never
+    /// subscribes, so polling consumes no message).
+    fn drain_events(&self) {
+        for _ in 0..64 {
+            if self.consumer.poll(Duration::ZERO).is_none() {
+                break;
+            }
+        }
+    }
+
     /// Turns a librdkafka error into the source error that says what the operator must fix.
     fn classify(&self, q: &KafkaQuery, e: KafkaError) -> SourceError {
         let code = e.rdkafka_error_code();
@@ -1020,10 +1073,22 @@ impl Handle {
                     source: cause(format!("no answer within the deadline ({e})")),
                 }
             }
-            _ => SourceError::Unavailable {
-                endpoint: q.label(),
-                source: cause(e.to_string()),
-            },
+            _ => {
+                let why = self
+                    .consumer
+                    .context()
+                    .broker_failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+                    .filter(|(at, _)| at.elapsed() < Duration::from_secs(30))
+                    .map(|(_, reason)| format!(" (last broker error: {reason})"))
+                    .unwrap_or_default();
+                SourceError::Unavailable {
+                    endpoint: q.label(),
+                    source: cause(format!("{e}{why}")),
+                }
+            }
         }
     }
 }
