@@ -633,3 +633,45 @@ async fn broker_outage_is_unavailable_and_recovers_without_restarting_the_scaler
         back.elapsed()
     );
 }
+
+/// `headroom-scaler check` on the README's example (SASL/SCRAM-SHA-512; TLS off here, as the
+/// test broker's SASL listener is plaintext), with the worker's environment giving the
+/// credentials: what KEDA would receive.
+#[tokio::test]
+async fn the_example_scaled_object_checks_against_a_real_broker() {
+    use headroom_scaler::check::{Target, triggers_from_yaml};
+    let b = broker();
+    b.create_topic("documents", 4).await.unwrap();
+    b.produce("documents", 0, 120).unwrap();
+    b.commit("embedder", "documents", &[(0, 20), (1, 0), (2, 0), (3, 0)])
+        .unwrap();
+    let yaml =
+        std::fs::read_to_string(repo_root().join("examples/kafka/scaledobject.yaml")).unwrap();
+    let env = |k: &str| match k {
+        "KAFKA_USERNAME" => Some(kb::SCRAM_USER.to_string()),
+        "KAFKA_PASSWORD" => Some(kb::SCRAM_PASSWORD.to_string()),
+        _ => None,
+    };
+    let mut inputs = triggers_from_yaml(&yaml, &env).unwrap();
+    let mut input = inputs.remove(0);
+    assert!(
+        !input.metadata.contains_key("caFromEnv"),
+        "missing env drops the key"
+    );
+    input.metadata.insert(
+        "bootstrapServers".into(),
+        format!("127.0.0.1:{}", b.sasl_port),
+    );
+    input.metadata.insert("tls".into(), "disable".into());
+    let report = Target::local(Duration::from_secs(2)).evaluate(input).await;
+    assert_eq!(report.error, None, "{report:?}");
+    assert_eq!(
+        report.keda_metric_name.as_deref(),
+        Some("s0-kafka-documents")
+    );
+    // Lag 100 on one of 4 partitions, 50 per replica: 100 (2 replicas, under the cap of 4).
+    assert_eq!(
+        (report.target, report.value, report.active),
+        (Some(50.0), Some(100.0), Some(true))
+    );
+}

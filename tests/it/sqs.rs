@@ -442,3 +442,160 @@ async fn push_activates_within_a_second_at_one_read_per_interval_for_any_number_
     .await
     .unwrap();
 }
+
+/// Runs `child` (an ignored test of this binary) in a new process with exactly `env` (plus
+/// PATH): the AWS SDK reads its credential chain and endpoints from the process environment,
+/// which a test cannot change in its own process.
+fn run_child(child: &str, env: &[(&str, String)]) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            child,
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_CONFIG_FILE", "/nonexistent/headroom-aws-config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/headroom-aws-credentials",
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{child} failed:\n{text}");
+    assert!(text.contains("1 passed"), "{child} did not run:\n{text}");
+}
+
+#[tokio::test]
+async fn the_standard_chain_and_an_assumed_role_are_used_and_no_credentials_is_refused() {
+    let server = SqsServer::start().unwrap();
+    let url = arranged(&server, "chained").await;
+    let sts_port = free_port();
+    let common = [
+        ("HEADROOM_TEST_SQS_ENDPOINT", server.endpoint()),
+        ("HEADROOM_TEST_SQS_URL", url.clone()),
+        ("HEADROOM_TEST_STS_PROXY_PORT", sts_port.to_string()),
+        ("HEADROOM_TEST_MOTO_PORT", server.port.to_string()),
+        (
+            "AWS_ENDPOINT_URL_STS",
+            format!("http://127.0.0.1:{sts_port}"),
+        ),
+    ];
+    let mut with_keys = common.to_vec();
+    with_keys.push(("AWS_ACCESS_KEY_ID", "from-the-environment".to_string()));
+    with_keys.push(("AWS_SECRET_ACCESS_KEY", "env-secret-value".to_string()));
+    run_child("child_reads_with_the_chain_and_an_assumed_role", &with_keys);
+    run_child("child_without_credentials_is_permission_denied", &common);
+}
+
+#[tokio::test]
+#[ignore = "run in its own process by the_standard_chain_and_an_assumed_role_..."]
+async fn child_reads_with_the_chain_and_an_assumed_role() {
+    let endpoint = std::env::var("HEADROOM_TEST_SQS_ENDPOINT").unwrap();
+    let url = std::env::var("HEADROOM_TEST_SQS_URL").unwrap();
+    let sts_port: u16 = std::env::var("HEADROOM_TEST_STS_PROXY_PORT")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let moto: u16 = std::env::var("HEADROOM_TEST_MOTO_PORT")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // STS calls go through a counting proxy to moto's STS.
+    let sts = CountingProxy::start(
+        sts_port,
+        format!("127.0.0.1:{moto}").parse().unwrap(),
+        Framing::Http,
+    )
+    .await
+    .unwrap();
+    let (_s, mut c) = start_scaler(ServeConfig::local()).await.unwrap();
+    let base = [
+        ("source", "aws-sqs-queue"),
+        ("queueURL", url.as_str()),
+        ("awsRegion", sqs::REGION),
+        ("awsEndpoint", endpoint.as_str()),
+    ];
+    // No keys in the metadata: the environment's, through the standard chain.
+    assert_eq!(poll(&mut c, &md(&base)).await.unwrap().value, 8.0);
+    assert_eq!(sts.requests(), 0, "no role, no STS call");
+    let mut role = base.to_vec();
+    role.push(("awsRoleArn", "arn:aws:iam::123456789012:role/queue-reader"));
+    assert_eq!(poll(&mut c, &md(&role)).await.unwrap().value, 8.0);
+    assert_eq!(sts.requests(), 1, "one AssumeRole, then cached credentials");
+    assert_eq!(poll(&mut c, &md(&role)).await.unwrap().value, 8.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(poll(&mut c, &md(&role)).await.unwrap().value, 8.0);
+    assert_eq!(
+        sts.requests(),
+        1,
+        "the assumed role's credentials are reused"
+    );
+}
+
+#[tokio::test]
+#[ignore = "run in its own process by the_standard_chain_and_an_assumed_role_..."]
+async fn child_without_credentials_is_permission_denied() {
+    let endpoint = std::env::var("HEADROOM_TEST_SQS_ENDPOINT").unwrap();
+    let url = std::env::var("HEADROOM_TEST_SQS_URL").unwrap();
+    let (_s, mut c) = start_scaler(ServeConfig::local()).await.unwrap();
+    let start = Instant::now();
+    let err = poll(
+        &mut c,
+        &md(&[
+            ("source", "aws-sqs-queue"),
+            ("queueURL", url.as_str()),
+            ("awsRegion", sqs::REGION),
+            ("awsEndpoint", endpoint.as_str()),
+        ]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    eprintln!("no credentials: {}", err.message());
+}
+
+/// `headroom-scaler check` on the README's example, with the worker's environment giving the
+/// queue URL: what KEDA would receive.
+#[tokio::test]
+async fn the_example_scaled_object_checks_against_a_real_queue() {
+    use headroom_scaler::check::{Target, triggers_from_yaml};
+    let server = SqsServer::start().unwrap();
+    let url = arranged(&server, "transcode-jobs").await;
+    let yaml = std::fs::read_to_string(repo_root().join("examples/sqs/scaledobject.yaml")).unwrap();
+    let env = |k: &str| (k == "QUEUE_URL").then(|| url.clone());
+    let mut inputs = triggers_from_yaml(&yaml, &env).unwrap();
+    assert_eq!(inputs.len(), 1);
+    let mut input = inputs.remove(0);
+    assert_eq!(input.metadata["queueURLFromEnv"], url);
+    // Here the queue is on moto, with static keys instead of the pod's identity.
+    for (k, v) in trigger(&server, &url, &[]) {
+        if k.starts_with("aws") && k != "awsRegion" {
+            input.metadata.insert(k, v);
+        }
+    }
+    input
+        .metadata
+        .insert("awsRegion".into(), sqs::REGION.into());
+    let report = Target::local(Duration::from_secs(2)).evaluate(input).await;
+    assert_eq!(report.error, None);
+    assert_eq!(
+        report.keda_metric_name.as_deref(),
+        Some("s0-aws-sqs-transcode-jobs")
+    );
+    assert_eq!(
+        (report.target, report.value, report.active),
+        (Some(4.0), Some(8.0), Some(true))
+    );
+}
