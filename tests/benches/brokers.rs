@@ -4,7 +4,12 @@
 //! the same run.
 //!
 //! `cargo bench -p headroom-integration --bench brokers [-- --triggers 1000 --queues 50
-//! --groups 50 --seconds 5 --concurrency 64 --ttl 1s]`
+//! --groups 50 --seconds 5 --concurrency 64 --rate 200 --ttl 1s]`
+//!
+//! Two loads per run: closed loop (`--concurrency` callers back to back: the most either
+//! answers) and open loop at `--rate` RPC/s (requests started on a clock whether or not earlier
+//! ones finished). 200 RPC/s is what KEDA sends for 1 000 triggers (GetMetricSpec, GetMetrics and
+//! IsActive per trigger every 15 s HPA sync), so the open-loop p99 is the latency KEDA sees.
 //!
 //! Backend calls are counted on the wire by proxies in front of both servers: HTTP requests to
 //! moto, Kafka protocol requests to the broker (the broker advertises the proxy, so every
@@ -31,6 +36,7 @@ struct Args {
     groups: usize,
     seconds: f64,
     concurrency: usize,
+    rate: f64,
     ttl: Duration,
 }
 
@@ -41,6 +47,7 @@ fn args() -> Args {
         groups: 50,
         seconds: 5.0,
         concurrency: 64,
+        rate: 200.0,
         ttl: Duration::from_secs(1),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +60,7 @@ fn args() -> Args {
             "--groups" => a.groups = value().parse().expect("--groups N"),
             "--seconds" => a.seconds = value().parse().expect("--seconds S"),
             "--concurrency" => a.concurrency = value().parse().expect("--concurrency N"),
+            "--rate" => a.rate = value().parse().expect("--rate RPC_PER_SECOND"),
             "--ttl" => a.ttl = parse_duration(&value()).expect("--ttl DURATION"),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
@@ -88,6 +96,10 @@ struct Run {
     sqs: Side,
     kafka: Side,
     all: Side,
+    /// The open-loop load at `--rate`.
+    paced: Side,
+    paced_sqs: Side,
+    paced_kafka: Side,
 }
 
 struct Bed {
@@ -161,14 +173,58 @@ async fn run(name: &'static str, a: &Args, bed: &Bed, ttl: Duration) -> Run {
         }
     }
     let elapsed = started.elapsed();
-    sqs.backend_calls = bed.sqs_proxy.requests() - sqs0;
-    kafka.backend_calls = bed.kafka_proxy.requests() - kafka0;
+    let (sqs1, kafka1) = (bed.sqs_proxy.requests(), bed.kafka_proxy.requests());
+    sqs.backend_calls = sqs1 - sqs0;
+    kafka.backend_calls = kafka1 - kafka0;
     all.rpcs = sqs.rpcs + kafka.rpcs;
     all.errors = sqs.errors + kafka.errors;
     all.backend_calls = sqs.backend_calls + kafka.backend_calls;
     for s in [&mut sqs, &mut kafka, &mut all] {
         s.latencies.sort_unstable();
     }
+
+    // Open loop: one request every 1/rate s, each on its own task.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (sqs0, kafka0) = (bed.sqs_proxy.requests(), bed.kafka_proxy.requests());
+    let total = (a.rate * a.seconds) as usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / a.rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..total {
+        ticker.tick().await;
+        let mut c = ExternalScalerClient::new(channels[i % channels.len()].clone());
+        let (is_sqs, r) = bed.requests[(i * 7919) % bed.requests.len()].clone();
+        set.spawn(async move {
+            let t = Instant::now();
+            let mut req = tonic::Request::new(r);
+            req.set_timeout(Duration::from_secs(3));
+            (is_sqs, c.get_metrics(req).await.is_ok(), t.elapsed())
+        });
+    }
+    let (mut paced, mut paced_sqs, mut paced_kafka) =
+        (Side::default(), Side::default(), Side::default());
+    while let Some(Ok((is_sqs, ok, took))) = set.join_next().await {
+        let side = if is_sqs {
+            &mut paced_sqs
+        } else {
+            &mut paced_kafka
+        };
+        for s in [side, &mut paced] {
+            if ok {
+                s.rpcs += 1;
+                s.latencies.push(took);
+            } else {
+                s.errors += 1;
+            }
+        }
+    }
+    paced_sqs.backend_calls = bed.sqs_proxy.requests() - sqs0;
+    paced_kafka.backend_calls = bed.kafka_proxy.requests() - kafka0;
+    paced.backend_calls = paced_sqs.backend_calls + paced_kafka.backend_calls;
+    for s in [&mut paced, &mut paced_sqs, &mut paced_kafka] {
+        s.latencies.sort_unstable();
+    }
+
     server.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(5), server.wait()).await;
     Run {
@@ -177,6 +233,9 @@ async fn run(name: &'static str, a: &Args, bed: &Bed, ttl: Duration) -> Run {
         sqs,
         kafka,
         all,
+        paced,
+        paced_sqs,
+        paced_kafka,
     }
 }
 
@@ -296,6 +355,7 @@ async fn main() {
     let naive = run("naive (read per call)", &a, &bed, Duration::ZERO).await;
 
     println!();
+    println!("closed loop, {} callers back to back:", a.concurrency);
     println!(
         "{:<22} {:<6} {:>9} {:>8} {:>8} {:>9} {:>15} {:>7}",
         "run", "source", "RPC/s", "p50 ms", "p99 ms", "RPCs", "backend calls/RPC", "errors"
@@ -316,8 +376,38 @@ async fn main() {
         }
     }
     println!();
+    println!("open loop at {} RPC/s for {} s:", a.rate, a.seconds);
     println!(
-        "ratios headroom/naive: RPC/s {:.2}x, p99 {:.2}x (sqs {:.2}x, kafka {:.2}x), backend calls per RPC {:.4}x",
+        "{:<22} {:<6} {:>8} {:>8} {:>9} {:>17} {:>7}",
+        "run", "source", "p50 ms", "p99 ms", "RPCs", "backend calls/RPC", "errors"
+    );
+    for r in [&headroom, &naive] {
+        for (label, s) in [
+            ("sqs", &r.paced_sqs),
+            ("kafka", &r.paced_kafka),
+            ("all", &r.paced),
+        ] {
+            println!(
+                "{:<22} {:<6} {:>8.2} {:>8.2} {:>9} {:>17.4} {:>7}",
+                r.name,
+                label,
+                s.q(0.5),
+                s.q(0.99),
+                s.rpcs,
+                s.calls_per_rpc(),
+                s.errors
+            );
+        }
+    }
+    println!(
+        "open-loop ratios headroom/naive: p99 {:.2}x (sqs {:.2}x, kafka {:.2}x), backend calls per RPC {:.4}x",
+        headroom.paced.q(0.99) / naive.paced.q(0.99),
+        headroom.paced_sqs.q(0.99) / naive.paced_sqs.q(0.99),
+        headroom.paced_kafka.q(0.99) / naive.paced_kafka.q(0.99),
+        headroom.paced.calls_per_rpc() / naive.paced.calls_per_rpc()
+    );
+    println!(
+        "closed-loop ratios headroom/naive: RPC/s {:.2}x, p99 {:.2}x (sqs {:.2}x, kafka {:.2}x), backend calls per RPC {:.4}x",
         (headroom.all.rpcs as f64 / headroom.elapsed.as_secs_f64())
             / (naive.all.rpcs as f64 / naive.elapsed.as_secs_f64()),
         headroom.all.q(0.99) / naive.all.q(0.99),
