@@ -289,6 +289,7 @@ pub async fn start(
     config: ServeConfig,
     metrics: Option<PrometheusHandle>,
 ) -> Result<Running, ServeError> {
+    crate::install_crypto_provider();
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .map_err(|source| ServeError::Bind {

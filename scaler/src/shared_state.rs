@@ -173,6 +173,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     pub fn open(url: &str, timeout: Duration) -> Result<Self, StateError> {
+        crate::install_crypto_provider();
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(StateError::Config(
                 "not a redis:// or rediss:// URL".to_string(),

@@ -462,29 +462,38 @@ impl SqsQuery {
                 return Err(classify(self, e));
             }
         };
-        let attributes = out.attributes();
-        let count = |name: &QueueAttributeName| -> Result<u64, SourceError> {
-            let raw =
-                attributes
-                    .and_then(|a| a.get(name))
-                    .ok_or_else(|| SourceError::Protocol {
-                        endpoint: self.label(),
-                        detail: format!("attribute {} missing from the answer", name.as_str()),
-                    })?;
-            raw.trim()
-                .parse::<u64>()
-                .map_err(|_| SourceError::Protocol {
-                    endpoint: self.label(),
-                    detail: format!("attribute {} is {raw:?}, not a count", name.as_str()),
-                })
-        };
+        let (waiting, in_flight, delayed) =
+            counters(out.attributes()).map_err(|detail| SourceError::Protocol {
+                endpoint: self.label(),
+                detail,
+            })?;
         Ok(Depth {
-            waiting: count(&ATTRIBUTES[0])?,
-            in_flight: count(&ATTRIBUTES[1])?,
-            delayed: count(&ATTRIBUTES[2])?,
+            waiting,
+            in_flight,
+            delayed,
             ..Depth::default()
         })
     }
+}
+
+/// Visible, not visible and delayed from GetQueueAttributes' answer: a missing or non-integer
+/// attribute is an error (KEDA's `processQueueLengthFromSqsQueueAttributesOutput`), never 0.
+pub fn counters(
+    attributes: Option<&HashMap<QueueAttributeName, String>>,
+) -> Result<(u64, u64, u64), String> {
+    let count = |name: &QueueAttributeName| -> Result<u64, String> {
+        let raw = attributes
+            .and_then(|a| a.get(name))
+            .ok_or_else(|| format!("attribute {} missing from the answer", name.as_str()))?;
+        raw.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("attribute {} is {raw:?}, not a count", name.as_str()))
+    };
+    Ok((
+        count(&ATTRIBUTES[0])?,
+        count(&ATTRIBUTES[1])?,
+        count(&ATTRIBUTES[2])?,
+    ))
 }
 
 fn is_not_found<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
@@ -1010,6 +1019,40 @@ mod tests {
         assert_eq!(m.value(&d), 300, "defaults: in flight on, delayed off");
         let big = Depth::simple(2_147_483_648, 0);
         assert_eq!(m.value(&big), 2_147_483_648, "64-bit values");
+    }
+
+    /// KEDA's `TestProcessQueueLengthFromSqsQueueAttributesOutput`.
+    #[test]
+    fn attributes_are_counts_or_errors() {
+        let attrs = |v: &[(&str, &str)]| -> HashMap<QueueAttributeName, String> {
+            v.iter()
+                .map(|(k, v)| (QueueAttributeName::from(*k), v.to_string()))
+                .collect()
+        };
+        let all = |n: &str| {
+            attrs(&[
+                ("ApproximateNumberOfMessages", n),
+                ("ApproximateNumberOfMessagesNotVisible", "0"),
+                ("ApproximateNumberOfMessagesDelayed", "0"),
+            ])
+        };
+        assert_eq!(counters(Some(&all("1"))), Ok((1, 0, 0)));
+        assert!(counters(Some(&attrs(&[]))).is_err(), "missing");
+        assert!(counters(None).is_err(), "no attributes at all");
+        assert!(counters(Some(&all("NotInt"))).is_err(), "invalid");
+        assert_eq!(
+            counters(Some(&all("2147483647"))),
+            Ok((2_147_483_647, 0, 0))
+        );
+        assert_eq!(
+            counters(Some(&all("2147483648"))),
+            Ok((2_147_483_648, 0, 0))
+        );
+        let err = counters(Some(&attrs(&[("ApproximateNumberOfMessages", "3")]))).unwrap_err();
+        assert!(
+            err.contains("ApproximateNumberOfMessagesNotVisible"),
+            "{err}"
+        );
     }
 
     #[test]
