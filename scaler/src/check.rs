@@ -23,6 +23,8 @@ use crate::observations::Observations;
 use crate::push::{PushHub, PushSettings};
 use crate::service::Scaler;
 use crate::sources::Backends;
+use crate::sources::aws_sqs_queue::SqsClients;
+use crate::sources::kafka::KafkaClients;
 use crate::sources::redis_conn::{RedisPool, RedisSettings};
 
 /// Flags of `headroom-scaler check`.
@@ -176,6 +178,8 @@ impl Target {
                 connect_timeout: timeout,
                 response_timeout: timeout,
             }),
+            sqs: SqsClients::new(timeout),
+            kafka: KafkaClients::new(timeout),
         });
         let observations = Arc::new(Observations::new(backends, Duration::ZERO, timeout));
         let push = PushHub::new(observations.clone(), PushSettings::default());

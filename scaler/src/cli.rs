@@ -12,7 +12,7 @@ pub const EXIT_CONFIG: i32 = 64;
 #[command(
     name = "headroom-scaler",
     version,
-    about = "A KEDA external scaler for Celery and Redis queues, with push activation"
+    about = "A KEDA external scaler for Celery, Redis, SQS and Kafka queues, with push activation"
 )]
 pub struct Cli {
     /// Log format.
@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve KEDA's externalscaler gRPC protocol.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print what KEDA would receive for each Headroom trigger of a ScaledObject.
     Check(CheckArgs),
 }

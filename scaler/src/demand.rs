@@ -196,7 +196,7 @@ impl Scaler {
                 }
                 None => {
                     // What the HPA does with an AverageValue metric: ceil(value / target).
-                    let answer = trigger.answer(&depth);
+                    let answer = trigger.answer_now(&depth);
                     let replicas = (answer.value / trigger.target()).ceil().clamp(0.0, 1e6) as u32;
                     d.desired_replicas = replicas;
                     let n = (horizon / step).floor() as usize;

@@ -29,6 +29,7 @@ impl Error {
             Error::Metadata(_) | Error::Request(_) => Code::InvalidArgument,
             Error::Source { error, .. } => match error {
                 SourceError::Auth { .. } => Code::PermissionDenied,
+                SourceError::NotFound { .. } => Code::NotFound,
                 SourceError::WrongType { .. } => Code::FailedPrecondition,
                 SourceError::Unavailable { .. }
                 | SourceError::Timeout { .. }

@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG as u8);
     }
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Check(args) => match check::run(&args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,

@@ -31,7 +31,12 @@ pub const FROM_ENV: &str = "FromEnv";
 pub fn is_secret_key(key: &str) -> bool {
     let base = key.strip_suffix(FROM_ENV).unwrap_or(key);
     let lower = base.to_ascii_lowercase();
-    lower.contains("password") || lower.contains("secret") || lower == "url" || lower == "address"
+    lower.contains("password")
+        || lower.contains("secret")
+        || lower.contains("token")
+        || lower == "key"
+        || lower == "url"
+        || lower == "address"
 }
 
 /// One problem with one key of a trigger's metadata.
@@ -197,6 +202,30 @@ impl<'a> Reader<'a> {
 
     pub fn string(&mut self, key: &str) -> Option<String> {
         self.raw(key).map(|(_, v)| v.to_string())
+    }
+
+    /// A secret that may only arrive resolved from the workload's environment (`<key>FromEnv`):
+    /// a plain `<key>` would put the secret in the ScaledObject for anyone who can read it.
+    pub fn secret_from_env(&mut self, key: &str) -> Option<String> {
+        if let Some((k, _)) = self.values.get_key_value(key).map(|(k, v)| (*k, *v)) {
+            self.mark(k);
+            self.problem(Problem::Invalid {
+                key: key.into(),
+                value: None,
+                expected: format!(
+                    "accepted in plain metadata: secrets must come from the workload's environment, use `{key}{FROM_ENV}`"
+                ),
+            });
+        }
+        let env_key = format!("{key}{FROM_ENV}");
+        let found = self
+            .values
+            .get_key_value(env_key.as_str())
+            .map(|(k, v)| (*k, *v));
+        found.map(|(k, v)| {
+            self.mark(k);
+            v.to_string()
+        })
     }
 
     pub fn required_string(&mut self, key: &str) -> Option<String> {

@@ -244,10 +244,7 @@ mod tests {
         let q = t.query();
         let c = t.planned().unwrap();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let d = Depth {
-            waiting: 10,
-            in_flight: 2,
-        };
+        let d = Depth::simple(10, 2);
         let a = plans.answer(&q, c, &d, t0, t0, Some((60.0, 30.0)));
         assert_eq!(a.decision.desired, 3, "ceil(12 / 4) without a service time");
         assert!(a.decision.active);
@@ -275,17 +272,7 @@ mod tests {
         let (q, c) = (t.query(), t.planned().unwrap());
         let plans = Plans::default();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        plans.answer(
-            &q,
-            c,
-            &Depth {
-                waiting: 8,
-                in_flight: 0,
-            },
-            t0,
-            t0,
-            None,
-        );
+        plans.answer(&q, c, &Depth::simple(8, 0), t0, t0, None);
         let saved = plans.snapshot();
         assert_eq!(saved.len(), 1);
         assert_eq!(saved[0].0, Plans::key_of(&q, c));
@@ -295,17 +282,7 @@ mod tests {
         other.restore(&q, c, saved[0].1.clone());
         assert!(other.contains(&q, c));
         // The same reading again is not observed twice; the restored backlog answers.
-        let a = other.answer(
-            &q,
-            c,
-            &Depth {
-                waiting: 8,
-                in_flight: 0,
-            },
-            t0,
-            t0,
-            None,
-        );
+        let a = other.answer(&q, c, &Depth::simple(8, 0), t0, t0, None);
         assert_eq!(a.decision.desired, 2);
         assert_eq!(other.snapshot()[0].1, saved[0].1);
     }

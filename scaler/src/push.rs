@@ -3,7 +3,9 @@
 //!
 //! A Redis watcher subscribes to keyspace notifications when the server publishes them for the
 //! watched keys (`notify-keyspace-events` with `K` and the key type, or `A`), and reads the queue
-//! on every event; otherwise it polls at a fast interval. Either way each reading goes through
+//! on every event; otherwise it polls at a fast interval. SQS and Kafka cannot notify a reader
+//! that is not a consumer, so their watcher polls at the broker poll interval — one read per
+//! interval per queue, whatever the number of streams. Either way each reading goes through
 //! [`Observations::fresh`], so it also refreshes what `GetMetrics` and `IsActive` answer.
 
 use std::collections::HashMap;
@@ -23,8 +25,11 @@ pub type Latest = Option<Result<Depth, SourceError>>;
 /// Timing of push watchers.
 #[derive(Debug, Clone, Copy)]
 pub struct PushSettings {
-    /// Poll interval when the backend cannot notify.
+    /// Poll interval when Redis cannot notify.
     pub poll_interval: Duration,
+    /// Poll interval for brokers that never notify (SQS, Kafka): each tick is one backend
+    /// read per watched queue, so it is slower than Redis's.
+    pub broker_poll_interval: Duration,
     /// Safety read interval when notifications are on (a missed event is caught by this).
     pub event_recheck: Duration,
     /// Wait before retrying a broken subscription.
@@ -35,6 +40,7 @@ impl Default for PushSettings {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_millis(50),
+            broker_poll_interval: Duration::from_millis(250),
             event_recheck: Duration::from_secs(2),
             retry: Duration::from_secs(1),
         }
@@ -118,19 +124,27 @@ impl PushHub {
                     Ok(None) => {
                         metrics::push_watchers("poll", 1.0);
                         let _gauge = Gauge("poll");
-                        self.poll(query, tx).await;
+                        self.poll(query, tx, self.settings.poll_interval).await;
                     }
                     Err(error) => {
                         tracing::debug!(%error, "push subscription failed; polling");
                         metrics::push_watchers("poll", 1.0);
                         let _gauge = Gauge("poll");
                         // Poll for a while, then try to subscribe again.
-                        let _ =
-                            tokio::time::timeout(self.settings.retry * 10, self.poll(query, tx))
-                                .await;
+                        let _ = tokio::time::timeout(
+                            self.settings.retry * 10,
+                            self.poll(query, tx, self.settings.poll_interval),
+                        )
+                        .await;
                     }
                 }
             },
+            WatchSpec::Poll => {
+                metrics::push_watchers("poll", 1.0);
+                let _gauge = Gauge("poll");
+                self.poll(query, tx, self.settings.broker_poll_interval)
+                    .await;
+            }
         }
     }
 
@@ -199,8 +213,8 @@ impl PushHub {
         }
     }
 
-    async fn poll(&self, query: &Query, tx: &watch::Sender<Latest>) {
-        let mut ticker = tokio::time::interval(self.settings.poll_interval);
+    async fn poll(&self, query: &Query, tx: &watch::Sender<Latest>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;

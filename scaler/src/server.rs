@@ -21,7 +21,10 @@ use crate::metrics;
 use crate::observations::Observations;
 use crate::push::{PushHub, PushSettings};
 use crate::service::Scaler;
+use crate::shared_state::{SharedState, StateError};
 use crate::sources::Backends;
+use crate::sources::aws_sqs_queue::SqsClients;
+use crate::sources::kafka::KafkaClients;
 use crate::sources::redis_conn::{RedisPool, RedisSettings};
 
 /// Flags of `headroom-scaler serve`. Every flag has an environment fallback.
@@ -41,9 +44,21 @@ pub struct ServeArgs {
     /// deadline so that a hung backend gives UNAVAILABLE, not a timeout on KEDA's side.
     #[arg(long, env = "HEADROOM_BACKEND_TIMEOUT", default_value = "2s")]
     pub backend_timeout: String,
-    /// Poll interval of push activation when the backend cannot notify.
+    /// Poll interval of push activation when Redis cannot notify.
     #[arg(long, env = "HEADROOM_PUSH_POLL_INTERVAL", default_value = "50ms")]
     pub push_poll_interval: String,
+    /// Poll interval of push activation for SQS and Kafka, which never notify: one read per
+    /// watched queue per interval, while StreamIsActive streams are open on it.
+    #[arg(long, env = "HEADROOM_BROKER_POLL_INTERVAL", default_value = "250ms")]
+    pub broker_poll_interval: String,
+    /// Redis URL (redis:// or rediss://) where state shared by scaler replicas is kept
+    /// (Kafka's excludePersistentLag offsets); in memory when unset.
+    #[arg(long, env = "HEADROOM_HISTORY_URL")]
+    pub history_url: Option<String>,
+    /// excludePersistentLag compares a partition's committed offset with the one read at least
+    /// this long before (the previous poll), not with a read a moment ago.
+    #[arg(long, env = "HEADROOM_PERSISTENT_LAG_INTERVAL", default_value = "1s")]
+    pub persistent_lag_interval: String,
     /// How often an open StreamIsActive repeats its current state.
     #[arg(long, env = "HEADROOM_PUSH_HEARTBEAT", default_value = "30s")]
     pub push_heartbeat: String,
@@ -72,6 +87,9 @@ pub struct ServeConfig {
     pub push_heartbeat: Duration,
     pub shutdown_grace: Duration,
     pub tls: Option<TlsFiles>,
+    /// `--history-url`.
+    pub history_url: Option<String>,
+    pub persistent_lag_interval: Duration,
 }
 
 /// TLS material, read at start.
@@ -102,6 +120,8 @@ impl ServeConfig {
             push_heartbeat: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             tls: None,
+            history_url: None,
+            persistent_lag_interval: crate::service::PERSISTENT_LAG_INTERVAL,
         }
     }
 }
@@ -134,6 +154,12 @@ impl ServeArgs {
         let observation_ttl = dur("observation-ttl", &self.observation_ttl, true);
         let backend_timeout = dur("backend-timeout", &self.backend_timeout, false);
         let poll_interval = dur("push-poll-interval", &self.push_poll_interval, false);
+        let broker_poll_interval = dur("broker-poll-interval", &self.broker_poll_interval, false);
+        let persistent_lag_interval = dur(
+            "persistent-lag-interval",
+            &self.persistent_lag_interval,
+            true,
+        );
         let push_heartbeat = dur("push-heartbeat", &self.push_heartbeat, false);
         let shutdown_grace = dur("shutdown-grace", &self.shutdown_grace, true);
         let mut read = |flag: &str, path: &PathBuf| match std::fs::read(path) {
@@ -168,6 +194,11 @@ impl ServeArgs {
                 None
             }
         };
+        if let Some(url) = &self.history_url
+            && let Err(e) = SharedState::open(Some(url), Duration::from_secs(1))
+        {
+            errors.push(e.to_string());
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -178,11 +209,14 @@ impl ServeArgs {
             backend_timeout,
             push: PushSettings {
                 poll_interval,
+                broker_poll_interval,
                 ..PushSettings::default()
             },
             push_heartbeat,
             shutdown_grace,
             tls,
+            history_url: self.history_url.clone(),
+            persistent_lag_interval,
         })
     }
 }
@@ -222,6 +256,8 @@ pub enum ServeError {
     Grpc(#[source] tonic::transport::Error),
     #[error("metrics server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    History(#[from] StateError),
 }
 
 /// A running server.
@@ -255,6 +291,7 @@ pub async fn start(
     config: ServeConfig,
     metrics: Option<PrometheusHandle>,
 ) -> Result<Running, ServeError> {
+    crate::install_crypto_provider();
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -275,7 +312,13 @@ pub async fn start(
             connect_timeout: config.backend_timeout,
             response_timeout: config.backend_timeout,
         }),
+        sqs: SqsClients::new(config.backend_timeout),
+        kafka: KafkaClients::new(config.backend_timeout),
     });
+    let history = Arc::new(SharedState::open(
+        config.history_url.as_deref(),
+        config.backend_timeout,
+    )?);
     let observations = Arc::new(Observations::new(
         backends,
         config.observation_ttl,
@@ -288,7 +331,8 @@ pub async fn start(
         push,
         shutdown.clone(),
         config.push_heartbeat,
-    );
+    )
+    .with_history(history, config.persistent_lag_interval);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ExternalScalerServer<Scaler>>().await;
@@ -433,6 +477,9 @@ mod tests {
             observation_ttl: "soon".into(),
             backend_timeout: "0s".into(),
             push_poll_interval: "50ms".into(),
+            broker_poll_interval: "250ms".into(),
+            history_url: None,
+            persistent_lag_interval: "1s".into(),
             push_heartbeat: "30s".into(),
             shutdown_grace: "10s".into(),
             tls_cert: Some("/nonexistent/cert.pem".into()),

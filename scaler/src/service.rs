@@ -29,7 +29,9 @@ use crate::metrics;
 use crate::observations::Observations;
 use crate::planned::Plans;
 use crate::push::PushHub;
-use crate::sources::{Depth, SourceKind};
+use crate::shared_state::SharedState;
+use crate::sources::kafka::{Persistent, persistent_partitions};
+use crate::sources::{Depth, SourceConfig, SourceError, SourceKind};
 use crate::trigger::{Answer, Trigger};
 
 /// The scaler's state shared by all calls.
@@ -41,7 +43,12 @@ pub struct Scaler {
     seen: Arc<Seen>,
     shutdown: CancellationToken,
     heartbeat: Duration,
+    history: Arc<SharedState>,
+    persistent_lag_interval: Duration,
 }
+
+/// Default of `--persistent-lag-interval`.
+pub const PERSISTENT_LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Scaler {
     /// `heartbeat`: how often an open `StreamIsActive` repeats its current state.
@@ -58,7 +65,17 @@ impl Scaler {
             seen: Arc::default(),
             shutdown,
             heartbeat,
+            history: Arc::new(SharedState::default()),
+            persistent_lag_interval: PERSISTENT_LAG_INTERVAL,
         }
+    }
+
+    /// Keeps per-trigger state (Kafka's `excludePersistentLag`) in `history`, comparing with
+    /// readings at least `interval` older.
+    pub fn with_history(mut self, history: Arc<SharedState>, interval: Duration) -> Self {
+        self.history = history;
+        self.persistent_lag_interval = interval;
+        self
     }
 
     pub fn observations(&self) -> &Arc<Observations> {
@@ -100,21 +117,26 @@ impl Scaler {
 
     /// Reads the trigger's queue (through the observation cache) and answers for it.
     pub async fn answer(&self, r: &ScaledObjectRef, trigger: &Trigger) -> Result<Answer, Error> {
-        let (depth, read_at) =
-            self.observations
-                .get_at(&trigger.query())
-                .await
-                .map_err(|error| Error::Source {
-                    source_name: trigger.kind().name(),
-                    error,
-                })?;
+        let source_error = |error| Error::Source {
+            source_name: trigger.kind().name(),
+            error,
+        };
+        let (depth, read_at) = self
+            .observations
+            .get_at(&trigger.query())
+            .await
+            .map_err(source_error)?;
+        let persistent = self
+            .persistent(r, trigger, &depth)
+            .await
+            .map_err(source_error)?;
         self.seen.record(
             &r.namespace,
             &r.name,
             &trigger.metric_name,
             &r.scaler_metadata,
         );
-        let answer = self.evaluate(trigger, &depth, read_at);
+        let answer = self.evaluate(trigger, &depth, &persistent, read_at);
         if trigger.planned().is_some() {
             metrics::desired_replicas(
                 &r.namespace,
@@ -137,9 +159,15 @@ impl Scaler {
 
     /// The answer for a reading taken at `read_at`: KEDA's rule in depth mode, the planner's
     /// in planned mode (which also records the reading in the queue's history).
-    pub fn evaluate(&self, trigger: &Trigger, depth: &Depth, read_at: SystemTime) -> Answer {
+    pub fn evaluate(
+        &self,
+        trigger: &Trigger,
+        depth: &Depth,
+        persistent: &Persistent,
+        read_at: SystemTime,
+    ) -> Answer {
         match trigger.planned() {
-            None => trigger.answer(depth),
+            None => trigger.answer(depth, persistent),
             Some(config) => {
                 let a = self.plans.answer(
                     &trigger.query(),
@@ -155,6 +183,31 @@ impl Scaler {
                 }
             }
         }
+    }
+
+    /// Kafka's `excludePersistentLag`: the partitions stuck since the previous read of this
+    /// trigger. A history store that cannot be read is an error, never "nothing is stuck".
+    async fn persistent(
+        &self,
+        r: &ScaledObjectRef,
+        trigger: &Trigger,
+        depth: &crate::sources::Depth,
+    ) -> Result<Persistent, SourceError> {
+        let (SourceConfig::Kafka(m), Some(offsets)) = (&trigger.source, &depth.kafka) else {
+            return Ok(Persistent::default());
+        };
+        if !m.exclude_persistent_lag {
+            return Ok(Persistent::default());
+        }
+        let key = m
+            .query()
+            .state_key(&r.namespace, &r.name, &trigger.metric_name);
+        persistent_partitions(&self.history, &key, offsets, self.persistent_lag_interval)
+            .await
+            .map_err(|e| SourceError::Unavailable {
+                endpoint: self.history.label(),
+                source: Arc::new(e),
+            })
     }
 
     pub fn metric_value(trigger: &Trigger, answer: &Answer) -> GetMetricsResponse {
@@ -345,7 +398,10 @@ impl Scaler {
                 last = Some((depth, SystemTime::now()));
             }
             if let Some((depth, read_at)) = &last {
-                let active = self.evaluate(&trigger, depth, *read_at).active;
+                // Activation never depends on persistent-lag state.
+                let active = self
+                    .evaluate(&trigger, depth, &Persistent::default(), *read_at)
+                    .active;
                 if sent != Some(active) {
                     if active && sent == Some(false) {
                         metrics::push_activation(trigger.kind());

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use crate::metadata::{MetadataError, Problem, Reader, normalize_metric_name};
 use crate::planner::{self, PlannedConfig};
+use crate::sources::kafka::Persistent;
 use crate::sources::{Depth, Query, SourceConfig, SourceKind};
 
 /// What the trigger's metric means.
@@ -19,7 +20,7 @@ pub enum MetricMode {
 /// A parsed trigger.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trigger {
-    /// `source` (required): the kind of queue.
+    /// `source` (required): `celery`, `redis-list`, `aws-sqs-queue` or `kafka`.
     pub source: SourceConfig,
     /// `metric` (default `depth`).
     pub metric: MetricMode,
@@ -140,12 +141,17 @@ impl Trigger {
     }
 
     /// The KEDA-compatible answer for a reading (`metric: depth`; planned mode is answered by
-    /// [`crate::planned::Plans`], which keeps each queue's history).
-    pub fn answer(&self, depth: &Depth) -> Answer {
-        Answer {
-            value: self.source.value(depth),
-            active: self.source.is_active(depth),
-        }
+    /// [`crate::planned::Plans`], which keeps each queue's history). `persistent` only matters
+    /// for Kafka's `excludePersistentLag` (see [`crate::sources::kafka::Persistent`]);
+    /// activation never depends on it.
+    pub fn answer(&self, depth: &Depth, persistent: &Persistent) -> Answer {
+        let (value, active) = self.source.evaluate(depth, persistent);
+        Answer { value, active }
+    }
+
+    /// The answer when no persistent-lag state applies (and for activation, which ignores it).
+    pub fn answer_now(&self, depth: &Depth) -> Answer {
+        self.answer(depth, &Persistent::default())
     }
 }
 
@@ -171,15 +177,9 @@ mod tests {
         .unwrap();
         assert_eq!(t.metric_name, "redis-my-jobs");
         assert_eq!(t.target(), 5.0);
-        let a = t.answer(&Depth {
-            waiting: 0,
-            in_flight: 0,
-        });
+        let a = t.answer_now(&Depth::simple(0, 0));
         assert_eq!((a.value, a.active), (0.0, false));
-        let a = t.answer(&Depth {
-            waiting: 1,
-            in_flight: 0,
-        });
+        let a = t.answer_now(&Depth::simple(1, 0));
         assert!(a.active);
     }
 
@@ -191,7 +191,7 @@ mod tests {
             ("activationTasks", "3"),
         ]))
         .unwrap();
-        let at = |waiting, in_flight| t.answer(&Depth { waiting, in_flight }).active;
+        let at = |waiting, in_flight| t.answer_now(&Depth::simple(waiting, in_flight)).active;
         assert!(!at(3, 0));
         assert!(at(3, 1));
         assert!(at(4, 0));
@@ -307,6 +307,8 @@ mod fuzz {
             proptest::sample::select(vec![
                 "celery",
                 "redis-list",
+                "aws-sqs-queue",
+                "kafka",
                 "depth",
                 "replicas",
                 "true",
@@ -334,6 +336,17 @@ mod fuzz {
                 "0 8 * * 1-5 for 10h = 20",
                 "Europe/Berlin",
                 "*/5 * * * * for 1m = 3; 0 12 * * * for 90m = 40",
+                "https://sqs.eu-west-1.amazonaws.com/123/q",
+                "https://h/a",
+                "h:9092,k:9093",
+                "1-4,8,10-12",
+                "5-3",
+                "latest",
+                "earliest",
+                "enable",
+                "scram_sha512",
+                "eu-west-1",
+                "arn:aws:iam::1:role/r",
             ])
             .prop_map(String::from),
             "\\PC{0,24}",
@@ -387,8 +400,8 @@ mod fuzz {
             prop_assert_eq!(&c.queues, &queues);
             prop_assert_eq!(c.endpoint.port, port);
             prop_assert_eq!(c.endpoint.db, db);
-            let d = Depth { waiting: activation as u64, in_flight: 1 };
-            prop_assert!(t.answer(&d).active);
+            let d = Depth::simple(activation as u64, 1);
+            prop_assert!(t.answer_now(&d).active);
         }
     }
 }

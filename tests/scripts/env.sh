@@ -11,6 +11,10 @@
 #   HEADROOM_CELERY_VENV     $HEADROOM_CACHE/venv-celery-$HEADROOM_CELERY_VERSION
 #   HEADROOM_CELERY_PYTHON   $HEADROOM_CELERY_VENV/bin/python
 #   HEADROOM_CELERY_TOOL     tests/python/celery_tool.py (absolute path)
+#   HEADROOM_KAFKA_VERSION   the Kafka version of tests/kafka/pom.xml
+#   HEADROOM_KAFKA_HOME      $HEADROOM_CACHE/kafka-$HEADROOM_KAFKA_VERSION (jars in libs/)
+#   HEADROOM_MOTO_VERSION    the moto pin of tests/python/requirements-moto.txt
+#   HEADROOM_MOTO_VENV       $HEADROOM_CACHE/venv-moto-$HEADROOM_MOTO_VERSION
 #
 # Run it instead of sourcing it (`bash tests/scripts/env.sh`) and it prints
 # those variables as NAME=value lines, e.g. for a test harness to read.
@@ -29,6 +33,15 @@ fi
 HEADROOM_CELERY_VENV="$HEADROOM_CACHE/venv-celery-$HEADROOM_CELERY_VERSION"
 HEADROOM_CELERY_PYTHON="$HEADROOM_CELERY_VENV/bin/python"
 HEADROOM_CELERY_TOOL="$HEADROOM_ROOT/tests/python/celery_tool.py"
+HEADROOM_KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\([^<]*\)</kafka.version>.*:\1:p' \
+    "$HEADROOM_ROOT/tests/kafka/pom.xml" 2>/dev/null | head -n 1)"
+HEADROOM_KAFKA_HOME="$HEADROOM_CACHE/kafka-${HEADROOM_KAFKA_VERSION:-unknown}"
+HEADROOM_MOTO_REQUIREMENTS="$HEADROOM_ROOT/tests/python/requirements-moto.txt"
+HEADROOM_MOTO_VERSION="$(sed -n 's/^moto\(\[[^]]*\]\)\{0,1\}==\([0-9A-Za-z.+-]*\).*/\2/p' \
+    "$HEADROOM_MOTO_REQUIREMENTS" 2>/dev/null | head -n 1)"
+HEADROOM_MOTO_VENV="$HEADROOM_CACHE/venv-moto-${HEADROOM_MOTO_VERSION:-unknown}"
+export HEADROOM_KAFKA_VERSION HEADROOM_KAFKA_HOME HEADROOM_MOTO_REQUIREMENTS \
+    HEADROOM_MOTO_VERSION HEADROOM_MOTO_VENV
 export HEADROOM_ROOT HEADROOM_CACHE HEADROOM_CELERY_REQUIREMENTS \
     HEADROOM_CELERY_VERSION HEADROOM_CELERY_VENV HEADROOM_CELERY_PYTHON \
     HEADROOM_CELERY_TOOL
@@ -36,7 +49,8 @@ unset _headroom_env_dir
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     for _headroom_var in HEADROOM_ROOT HEADROOM_CACHE HEADROOM_CELERY_VERSION \
-        HEADROOM_CELERY_VENV HEADROOM_CELERY_PYTHON HEADROOM_CELERY_TOOL; do
+        HEADROOM_CELERY_VENV HEADROOM_CELERY_PYTHON HEADROOM_CELERY_TOOL \
+        HEADROOM_KAFKA_VERSION HEADROOM_KAFKA_HOME HEADROOM_MOTO_VERSION HEADROOM_MOTO_VENV; do
         printf '%s=%s\n' "$_headroom_var" "${!_headroom_var}"
     done
     unset _headroom_var

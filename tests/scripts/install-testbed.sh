@@ -87,3 +87,6 @@ if ! venv_ok; then
     fi
     exec 9>&-
 fi
+
+# --- SQS and Kafka peers, and what rdkafka needs to build -----------------
+bash "$here/install-brokers.sh"

@@ -4,11 +4,16 @@
 //!   the same port, for outage tests).
 //! - [`Celery`]: real Celery producers and workers, through `tests/python/celery_tool.py` in the
 //!   virtualenv that `tests/scripts/install-testbed.sh` builds (installed on first use).
+//! - [`sqs::SqsServer`]: moto's SQS server; [`kafka::KafkaBroker`]: Apache Kafka (KRaft), both
+//!   installed by `tests/scripts/install-brokers.sh` on first use.
 //! - [`start_scaler`]: the scaler's own server in this process, on a real TCP port, and a client
 //!   built from KEDA's proto.
 
 // Test support: failing loudly on a broken test bed is its job.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+pub mod kafka;
+pub mod sqs;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -264,6 +269,20 @@ pub fn celery_python() -> &'static Path {
             .expect("env.sh prints HEADROOM_CELERY_PYTHON");
         PathBuf::from(python)
     })
+}
+
+/// Installs the SQS and Kafka peers (and the build dependencies of the clients) once per test
+/// process.
+pub fn install_brokers() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let script = repo_root().join("tests/scripts/install-brokers.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .status()
+            .expect("run tests/scripts/install-brokers.sh");
+        assert!(status.success(), "tests/scripts/install-brokers.sh failed");
+    });
 }
 
 /// Real Celery producers and workers for one broker and one set of transport options.
@@ -539,4 +558,121 @@ pub async fn time_to_push(redis: &RedisServer) -> Duration {
     );
     // Measured from the call, so it includes apply_async's own connect and LPUSH.
     Duration::from_secs_f64((received - before).max(0.0))
+}
+
+/// What a [`CountingProxy`] counts in the client-to-server bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// HTTP/1.1 requests (request lines ending in ` HTTP/1.1`).
+    Http,
+    /// Kafka protocol requests (4-byte big-endian size, then the request).
+    Kafka,
+}
+
+/// A TCP proxy on a loopback port that forwards to `target` and counts the requests clients
+/// send through it: the benchmark's measure of backend calls, taken on the wire rather than
+/// from the scaler's own bookkeeping.
+#[derive(Debug)]
+pub struct CountingProxy {
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    /// Listens on `port` (0: any free port).
+    pub async fn start(port: u16, target: std::net::SocketAddr, framing: Framing) -> Result<Self> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let port = listener.local_addr()?.port();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut tail: Vec<u8> = Vec::new();
+                        // Kafka: bytes left of the current frame, and a partial size prefix.
+                        let mut left: usize = 0;
+                        let mut size: Vec<u8> = Vec::new();
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let data = &buf[..n];
+                            match framing {
+                                Framing::Http => {
+                                    let mut scan = std::mem::take(&mut tail);
+                                    scan.extend_from_slice(data);
+                                    let pat = b" HTTP/1.1\r\n";
+                                    let hits = scan.windows(pat.len()).filter(|w| w == pat).count();
+                                    counter.fetch_add(hits as u64, Ordering::Relaxed);
+                                    let keep = scan.len().min(pat.len() - 1);
+                                    tail = scan[scan.len() - keep..].to_vec();
+                                }
+                                Framing::Kafka => {
+                                    let mut i = 0;
+                                    while i < data.len() {
+                                        if left > 0 {
+                                            let take = left.min(data.len() - i);
+                                            left -= take;
+                                            i += take;
+                                            continue;
+                                        }
+                                        size.push(data[i]);
+                                        i += 1;
+                                        if size.len() == 4 {
+                                            left = u32::from_be_bytes([
+                                                size[0], size[1], size[2], size[3],
+                                            ])
+                                                as usize;
+                                            size.clear();
+                                            counter.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                    }
+                                }
+                            }
+                            if sw.write_all(data).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Ok(Self {
+            port,
+            requests,
+            task,
+        })
+    }
+
+    /// Requests counted so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

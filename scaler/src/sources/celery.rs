@@ -310,9 +310,11 @@ return out
 impl CeleryQuery {
     pub async fn read(&self, pool: &RedisPool) -> Result<Depth, SourceError> {
         self.read_per_queue(pool).await.map(|per_queue| {
-            per_queue.iter().fold(Depth::default(), |acc, d| Depth {
-                waiting: acc.waiting.saturating_add(d.waiting),
-                in_flight: acc.in_flight.saturating_add(d.in_flight),
+            per_queue.iter().fold(Depth::default(), |acc, d| {
+                Depth::simple(
+                    acc.waiting.saturating_add(d.waiting),
+                    acc.in_flight.saturating_add(d.in_flight),
+                )
             })
         })
     }
@@ -373,10 +375,7 @@ impl CeleryQuery {
         }
         Ok(raw[..raw.len() - 1]
             .chunks_exact(2)
-            .map(|c| Depth {
-                waiting: c[0] as u64,
-                in_flight: c[1] as u64,
-            })
+            .map(|c| Depth::simple(c[0] as u64, c[1] as u64))
             .collect())
     }
 
@@ -473,10 +472,7 @@ mod tests {
 
     #[test]
     fn in_flight_counts_unless_turned_off() {
-        let d = Depth {
-            waiting: 3,
-            in_flight: 4,
-        };
+        let d = Depth::simple(3, 4);
         assert_eq!(parse(&[("address", "r:1")]).unwrap().value(&d), 7);
         let m = parse(&[("address", "r:1"), ("includeUnacked", "false")]).unwrap();
         assert_eq!(m.value(&d), 3);

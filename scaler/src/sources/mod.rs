@@ -4,22 +4,53 @@
 //! The set of sources is closed: [`SourceConfig`] and [`Query`] are enums, so adding a source
 //! makes the compiler point at every place that must learn about it.
 
+pub mod aws_sqs_queue;
 pub mod celery;
+pub mod kafka;
 pub mod redis_conn;
 pub mod redis_list;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::metadata::Reader;
 
 /// How much work a queue holds, as read at one instant.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// `waiting` and `in_flight` mean the same for every source, so that a queue-aware policy can
+/// use `waiting + in_flight` as the backlog whatever the broker: Celery's list lengths and
+/// prefetched tasks, SQS's visible and not-visible messages, Kafka's consumer lag (Kafka has no
+/// in-flight count). What a source knows beyond that travels in the optional fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Depth {
     /// Messages waiting to be taken.
     pub waiting: u64,
-    /// Messages taken by a worker and not yet acknowledged (Celery's prefetched tasks).
+    /// Messages taken by a worker and not yet acknowledged (Celery's prefetched tasks, SQS's
+    /// not-visible messages).
     pub in_flight: u64,
+    /// Messages accepted but not yet deliverable (SQS delay queues and timers); 0 elsewhere.
+    pub delayed: u64,
+    /// Messages ever produced, where the broker counts them exactly (Kafka: sum of the latest
+    /// offsets): its rate of change is the arrival rate.
+    pub produced_total: Option<u64>,
+    /// Messages ever consumed, where the broker counts them exactly (Kafka: sum of the
+    /// committed offsets, when every partition has one).
+    pub consumed_total: Option<u64>,
+    /// Kafka's per-partition offsets: a Kafka trigger's value depends on its own options
+    /// (offset reset policy, idle consumers, persistent lag...), so it is computed per trigger
+    /// from these rather than by the read.
+    pub kafka: Option<Arc<kafka::KafkaOffsets>>,
+}
+
+impl Depth {
+    /// A reading of a queue that only knows waiting and in-flight messages.
+    pub fn simple(waiting: u64, in_flight: u64) -> Self {
+        Self {
+            waiting,
+            in_flight,
+            ..Self::default()
+        }
+    }
 }
 
 /// The value of the `source` key.
@@ -27,15 +58,24 @@ pub struct Depth {
 pub enum SourceKind {
     Celery,
     RedisList,
+    AwsSqsQueue,
+    Kafka,
 }
 
 impl SourceKind {
-    pub const ALL: [SourceKind; 2] = [SourceKind::Celery, SourceKind::RedisList];
+    pub const ALL: [SourceKind; 4] = [
+        SourceKind::Celery,
+        SourceKind::RedisList,
+        SourceKind::AwsSqsQueue,
+        SourceKind::Kafka,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             SourceKind::Celery => "celery",
             SourceKind::RedisList => "redis-list",
+            SourceKind::AwsSqsQueue => "aws-sqs-queue",
+            SourceKind::Kafka => "kafka",
         }
     }
 
@@ -44,6 +84,8 @@ impl SourceKind {
         match self {
             SourceKind::Celery => "celery",
             SourceKind::RedisList => "redis_list",
+            SourceKind::AwsSqsQueue => "aws_sqs_queue",
+            SourceKind::Kafka => "kafka",
         }
     }
 
@@ -56,6 +98,8 @@ impl SourceKind {
         match self {
             SourceKind::Celery => celery::KEYS,
             SourceKind::RedisList => redis_list::KEYS,
+            SourceKind::AwsSqsQueue => aws_sqs_queue::KEYS,
+            SourceKind::Kafka => kafka::KEYS,
         }
     }
 }
@@ -65,6 +109,8 @@ impl SourceKind {
 pub enum SourceConfig {
     Celery(celery::CeleryMetadata),
     RedisList(redis_list::RedisListMetadata),
+    AwsSqsQueue(aws_sqs_queue::SqsMetadata),
+    Kafka(kafka::KafkaMetadata),
 }
 
 impl SourceConfig {
@@ -74,6 +120,10 @@ impl SourceConfig {
             SourceKind::RedisList => {
                 redis_list::RedisListMetadata::parse(r).map(SourceConfig::RedisList)
             }
+            SourceKind::AwsSqsQueue => {
+                aws_sqs_queue::SqsMetadata::parse(r).map(SourceConfig::AwsSqsQueue)
+            }
+            SourceKind::Kafka => kafka::KafkaMetadata::parse(r).map(SourceConfig::Kafka),
         }
     }
 
@@ -81,6 +131,8 @@ impl SourceConfig {
         match self {
             SourceConfig::Celery(_) => SourceKind::Celery,
             SourceConfig::RedisList(_) => SourceKind::RedisList,
+            SourceConfig::AwsSqsQueue(_) => SourceKind::AwsSqsQueue,
+            SourceConfig::Kafka(_) => SourceKind::Kafka,
         }
     }
 
@@ -89,6 +141,8 @@ impl SourceConfig {
         match self {
             SourceConfig::Celery(m) => m.metric_name(),
             SourceConfig::RedisList(m) => m.metric_name(),
+            SourceConfig::AwsSqsQueue(m) => m.metric_name(),
+            SourceConfig::Kafka(m) => m.metric_name(),
         }
     }
 
@@ -97,22 +151,36 @@ impl SourceConfig {
         match self {
             SourceConfig::Celery(m) => m.tasks_per_replica as f64,
             SourceConfig::RedisList(m) => m.list_length as f64,
+            SourceConfig::AwsSqsQueue(m) => m.queue_length as f64,
+            SourceConfig::Kafka(m) => m.lag_threshold as f64,
         }
     }
 
-    /// The metric value for a depth reading.
-    pub fn value(&self, depth: &Depth) -> f64 {
+    /// The metric value and activation for a depth reading, by KEDA's rules (activation is
+    /// strictly above the activation threshold). `persistent` lists the Kafka partitions whose
+    /// committed offset has not moved since the previous read (only for `excludePersistentLag`).
+    pub fn evaluate(&self, depth: &Depth, persistent: &kafka::Persistent) -> (f64, bool) {
         match self {
-            SourceConfig::Celery(m) => m.value(depth) as f64,
-            SourceConfig::RedisList(_) => depth.waiting as f64,
-        }
-    }
-
-    /// KEDA's activation rule: strictly above the activation threshold.
-    pub fn is_active(&self, depth: &Depth) -> bool {
-        match self {
-            SourceConfig::Celery(m) => m.value(depth) as i128 > m.activation_tasks as i128,
-            SourceConfig::RedisList(m) => depth.waiting as i128 > m.activation_list_length as i128,
+            SourceConfig::Celery(m) => {
+                let v = m.value(depth);
+                (v as f64, v as i128 > m.activation_tasks as i128)
+            }
+            SourceConfig::RedisList(m) => (
+                depth.waiting as f64,
+                depth.waiting as i128 > m.activation_list_length as i128,
+            ),
+            SourceConfig::AwsSqsQueue(m) => {
+                let v = m.value(depth);
+                (v as f64, v as i128 > m.activation_queue_length as i128)
+            }
+            SourceConfig::Kafka(m) => {
+                let lag = m.lag(depth, persistent);
+                // KEDA turns a negative value (committed beyond latest) into 0.
+                (
+                    lag.value.max(0) as f64,
+                    lag.with_persistent > m.activation_lag_threshold,
+                )
+            }
         }
     }
 
@@ -121,15 +189,19 @@ impl SourceConfig {
         match self {
             SourceConfig::Celery(m) => Query::Celery(Arc::new(m.query())),
             SourceConfig::RedisList(m) => Query::RedisList(Arc::new(m.query())),
+            SourceConfig::AwsSqsQueue(m) => Query::AwsSqsQueue(Arc::new(m.query())),
+            SourceConfig::Kafka(m) => Query::Kafka(Arc::new(m.query())),
         }
     }
 }
 
-/// The identity of one backend read: endpoint, queue set and read options.
+/// The identity of one backend read: endpoint, identity, queue set and read options.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Query {
     Celery(Arc<celery::CeleryQuery>),
     RedisList(Arc<redis_list::RedisListQuery>),
+    AwsSqsQueue(Arc<aws_sqs_queue::SqsQuery>),
+    Kafka(Arc<kafka::KafkaQuery>),
 }
 
 impl Query {
@@ -137,22 +209,28 @@ impl Query {
         match self {
             Query::Celery(_) => SourceKind::Celery,
             Query::RedisList(_) => SourceKind::RedisList,
+            Query::AwsSqsQueue(_) => SourceKind::AwsSqsQueue,
+            Query::Kafka(_) => SourceKind::Kafka,
         }
     }
 
-    /// Reads the queue once.
-    pub async fn read(&self, backends: &Backends) -> Result<Depth, SourceError> {
+    /// Reads the queue once; `deadline` is when the caller stops waiting.
+    pub async fn read(&self, backends: &Backends, deadline: Instant) -> Result<Depth, SourceError> {
         match self {
             Query::Celery(q) => q.read(&backends.redis).await,
             Query::RedisList(q) => q.read(&backends.redis).await,
+            Query::AwsSqsQueue(q) => q.read(&backends.sqs).await,
+            Query::Kafka(q) => q.read(&backends.kafka, deadline).await,
         }
     }
 
-    /// The endpoint read, for messages (never with credentials).
+    /// The endpoint read, for messages and per-endpoint limits (never with credentials).
     pub fn endpoint_label(&self) -> String {
         match self {
             Query::Celery(q) => q.endpoint.to_string(),
             Query::RedisList(q) => q.endpoint.to_string(),
+            Query::AwsSqsQueue(q) => q.endpoint_label(),
+            Query::Kafka(q) => q.endpoint_label(),
         }
     }
 
@@ -161,6 +239,9 @@ impl Query {
         match self {
             Query::Celery(q) => q.watch(),
             Query::RedisList(q) => q.watch(),
+            // Neither SQS nor Kafka can notify a non-consumer of new messages: a shared watcher
+            // polls while streams are open.
+            Query::AwsSqsQueue(_) | Query::Kafka(_) => WatchSpec::Poll,
         }
     }
 }
@@ -175,12 +256,31 @@ pub enum WatchSpec {
         keys: Vec<Vec<u8>>,
         events: &'static str,
     },
+    /// No notification exists: read at the broker poll interval while any stream is open.
+    Poll,
 }
 
-/// Clients shared by all sources, one per backend kind.
+/// Clients shared by all sources, one set per backend kind.
 #[derive(Debug, Default)]
 pub struct Backends {
     pub redis: redis_conn::RedisPool,
+    pub sqs: aws_sqs_queue::SqsClients,
+    pub kafka: kafka::KafkaClients,
+}
+
+/// The cause of a source error: any error, shared so that one failed read can answer many
+/// callers. Its text never holds a secret (sources build it from broker error codes and
+/// messages, not from configuration).
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A cause made from a message, for errors that have no error value of their own.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Message(pub String);
+
+/// Builds a [`Cause`] from a message.
+pub fn cause(message: impl Into<String>) -> Cause {
+    Arc::new(Message(message.into()))
 }
 
 /// Why a queue could not be read. Never carries a secret.
@@ -190,7 +290,7 @@ pub enum SourceError {
     Unavailable {
         endpoint: String,
         #[source]
-        source: Arc<redis::RedisError>,
+        source: Cause,
     },
     #[error("timed out after {after:?} reading {endpoint}")]
     Timeout { endpoint: String, after: Duration },
@@ -198,8 +298,11 @@ pub enum SourceError {
     Auth {
         endpoint: String,
         #[source]
-        source: Arc<redis::RedisError>,
+        source: Cause,
     },
+    /// The queue, topic or consumer group named by the trigger does not exist.
+    #[error("{what} not found on {endpoint}")]
+    NotFound { endpoint: String, what: String },
     #[error("key {key} on {endpoint} holds a {found}, not {expected}")]
     WrongType {
         endpoint: String,
@@ -211,7 +314,7 @@ pub enum SourceError {
     Backend {
         endpoint: String,
         #[source]
-        source: Arc<redis::RedisError>,
+        source: Cause,
     },
     #[error("{endpoint} answered something unexpected: {detail}")]
     Protocol { endpoint: String, detail: String },
@@ -224,6 +327,7 @@ impl SourceError {
             SourceError::Unavailable { .. } => "unavailable",
             SourceError::Timeout { .. } => "timeout",
             SourceError::Auth { .. } => "auth",
+            SourceError::NotFound { .. } => "not_found",
             SourceError::WrongType { .. } => "wrong_type",
             SourceError::Backend { .. } => "backend",
             SourceError::Protocol { .. } => "protocol",

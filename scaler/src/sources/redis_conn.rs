@@ -289,14 +289,21 @@ impl Default for RedisSettings {
 
 /// One multiplexed, auto-reconnecting connection per endpoint. A [`ConnectionManager`]
 /// pipelines concurrent commands over one socket, so it serves as the pool.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RedisPool {
     settings: RedisSettings,
     managers: Mutex<HashMap<RedisEndpoint, ConnectionManager>>,
 }
 
+impl Default for RedisPool {
+    fn default() -> Self {
+        Self::new(RedisSettings::default())
+    }
+}
+
 impl RedisPool {
     pub fn new(settings: RedisSettings) -> Self {
+        crate::install_crypto_provider();
         Self {
             settings,
             managers: Mutex::default(),

@@ -113,10 +113,7 @@ impl RedisListQuery {
                 expected: "a list, set, sorted set or hash",
             });
         }
-        Ok(Depth {
-            waiting: len as u64,
-            in_flight: 0,
-        })
+        Ok(Depth::simple(len as u64, 0))
     }
 
     pub fn watch(&self) -> WatchSpec {
