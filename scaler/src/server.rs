@@ -381,7 +381,11 @@ pub async fn start(
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { observations.sweep(Duration::from_secs(600)); }
+                    _ = tick.tick() => {
+                        let idle = Duration::from_secs(600);
+                        observations.sweep(idle);
+                        observations.backends().kafka.sweep(idle);
+                    }
                     () = shutdown.cancelled() => return,
                 }
             }
