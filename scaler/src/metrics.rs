@@ -49,7 +49,7 @@ pub fn describe() {
     );
     describe_counter!(
         BACKEND_ERRORS,
-        "Backend reads that failed, by source and kind (unavailable, timeout, auth, wrong_type, backend, protocol)."
+        "Backend reads that failed, by source and kind (unavailable, timeout, auth, not_found, wrong_type, backend, protocol)."
     );
     describe_counter!(
         OBSERVATIONS,

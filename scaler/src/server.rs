@@ -387,12 +387,14 @@ pub async fn start(
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        observations.sweep(Duration::from_secs(600));
+                        let idle = Duration::from_secs(600);
+                        observations.sweep(idle);
+                        observations.backends().kafka.sweep(idle);
                         // Planners hold a queue's learned history: kept for a day without calls
                         // (a ScaledObject paused overnight keeps its forecast).
                         scaler.plans().sweep(Duration::from_secs(86_400));
                         metrics::planners(scaler.plans().len());
-                        scaler.seen().sweep(Duration::from_secs(600));
+                        scaler.seen().sweep(idle);
                     }
                     () = shutdown.cancelled() => return,
                 }

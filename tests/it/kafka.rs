@@ -587,7 +587,17 @@ async fn one_read_per_group_per_ttl_and_one_handle_per_group() {
     }
     let reads = s.scaler.observations().backend_reads() - before;
     assert!(reads <= 3, "500 triggers made {reads} reads");
-    assert_eq!(s.scaler.observations().backends().kafka.len(), 1);
+    let kafka = &s.scaler.observations().backends().kafka;
+    assert_eq!(kafka.len(), 1);
+    // An idle handle is closed by the sweeper, and made again by the next read.
+    assert_eq!(kafka.sweep(Duration::from_secs(600)), 0, "just used");
+    assert_eq!(kafka.sweep(Duration::ZERO), 1);
+    assert!(kafka.is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut c = c.clone();
+    let m = meta(b.trigger("fan-g", Some("fanout"), &[]));
+    assert_eq!(poll(&mut c, &m).await.unwrap().value, 1.0);
+    assert_eq!(kafka.len(), 1);
 }
 
 #[tokio::test]

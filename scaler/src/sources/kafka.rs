@@ -1012,6 +1012,8 @@ impl ConsumerContext for Context {}
 pub struct Handle {
     consumer: BaseConsumer<Context>,
     timeout: Duration,
+    /// When a read last used it, for [`KafkaClients::sweep`].
+    last_used: Mutex<Instant>,
 }
 
 impl fmt::Debug for Handle {
@@ -1124,6 +1126,22 @@ impl KafkaClients {
         self.len() == 0
     }
 
+    /// Closes handles no read has used for `idle` (each holds librdkafka threads and broker
+    /// connections), so groups nobody asks about any more cost nothing. Returns how many.
+    pub fn sweep(&self, idle: Duration) -> usize {
+        let mut handles = self.lock();
+        let before = handles.len();
+        handles.retain(|_, h| {
+            Arc::strong_count(h) > 1
+                || h.last_used
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .elapsed()
+                    < idle
+        });
+        before - handles.len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Cluster, String), Arc<Handle>>> {
         self.handles
             .lock()
@@ -1134,6 +1152,9 @@ impl KafkaClients {
         let key = (q.cluster.clone(), q.group.clone());
         let mut handles = self.lock();
         if let Some(h) = handles.get(&key) {
+            *h.last_used
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
             return Ok(h.clone());
         }
         let consumer: BaseConsumer<Context> = self
@@ -1147,6 +1168,7 @@ impl KafkaClients {
         let h = Arc::new(Handle {
             consumer,
             timeout: self.timeout,
+            last_used: Mutex::new(Instant::now()),
         });
         handles.insert(key, h.clone());
         Ok(h)
