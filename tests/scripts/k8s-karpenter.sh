@@ -54,9 +54,13 @@ kubectl() { "$HEADROOM_K8S_KUBECTL" --kubeconfig "$KUBECONFIG" "$@"; }
 
 kubectl apply --server-side --force-conflicts -f "$HEADROOM_KARPENTER_HOME/crds/" >"$dir/logs/karpenter-crds.log" 2>&1 ||
     failed "applying Karpenter's CRDs from $HEADROOM_KARPENTER_HOME/crds"
-kubectl wait --for condition=established --timeout 30s crd/nodeclaims.karpenter.sh crd/nodepools.karpenter.sh \
-    crd/nodeoverlays.karpenter.sh crd/kwoknodeclasses.karpenter.kwok.sh >>"$dir/logs/karpenter-crds.log" 2>&1 ||
-    failed "Karpenter's CRDs did not become Established"
+# Retried: `kubectl wait` fails at once on a CRD that has no status conditions yet.
+deadline=$((SECONDS + 30))
+until kubectl wait --for condition=established --timeout 30s crd/nodeclaims.karpenter.sh crd/nodepools.karpenter.sh \
+    crd/nodeoverlays.karpenter.sh crd/kwoknodeclasses.karpenter.kwok.sh >>"$dir/logs/karpenter-crds.log" 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || failed "Karpenter's CRDs did not become Established"
+    sleep 0.2
+done
 printf 'apiVersion: karpenter.kwok.sh/v1alpha1\nkind: KWOKNodeClass\nmetadata:\n  name: default\n' |
     kubectl apply --server-side -f - >>"$dir/logs/karpenter-crds.log" 2>&1 || failed "creating KWOKNodeClass default"
 

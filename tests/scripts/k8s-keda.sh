@@ -101,10 +101,15 @@ openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -
 # --- CRDs and the objects KEDA's manifests would create ----------------------------------------------
 kubectl apply --server-side --force-conflicts -f "$HEADROOM_KEDA_HOME/crds/" >"$dir/logs/keda-crds.log" 2>&1 ||
     failed "applying KEDA's CRDs from $HEADROOM_KEDA_HOME/crds" keda-crds
-kubectl wait --for condition=established --timeout 30s \
+# `kubectl wait` fails at once ("accessor error") on a CRD whose status has no conditions yet,
+# which is the case for a moment after it is created: retry it until a deadline.
+deadline=$((SECONDS + 30))
+until kubectl wait --for condition=established --timeout 30s \
     crd/scaledobjects.keda.sh crd/scaledjobs.keda.sh crd/triggerauthentications.keda.sh \
-    crd/clustertriggerauthentications.keda.sh >>"$dir/logs/keda-crds.log" 2>&1 ||
-    failed "KEDA's CRDs did not become Established" keda-crds
+    crd/clustertriggerauthentications.keda.sh >>"$dir/logs/keda-crds.log" 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || failed "KEDA's CRDs did not become Established" keda-crds
+    sleep 0.2
+done
 ca_bundle="$(base64 -w0 <"$pki/ca.crt")"
 kubectl apply --server-side -f - >>"$dir/logs/keda-crds.log" 2>&1 <<EOF || failed "creating the keda namespace, Service and APIService" keda-crds
 apiVersion: v1

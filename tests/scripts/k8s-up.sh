@@ -195,7 +195,10 @@ curl_admin() { curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.c
 
 if [ -n "$watch_pid" ]; then
     # Stops the cluster when the watched process (a test binary) is gone, however it ended.
-    setsid bash -c 'while kill -0 "$1" 2>/dev/null && [ -f "$2/pids" ]; do sleep 1; done; exec bash "$3" "$2"' \
+    # It gives up once the pids file is gone: stopped by k8s-down.sh (which leaves a failed
+    # start's folder for inspection).
+    setsid bash -c 'while kill -0 "$1" 2>/dev/null && [ -f "$2/pids" ]; do sleep 1; done
+        [ ! -f "$2/pids" ] || exec bash "$3" "$2"' \
         k8s-watchdog "$watch_pid" "$dir" "$here/k8s-down.sh" </dev/null >/dev/null 2>&1 &
 fi
 if ! $detach; then

@@ -6,6 +6,8 @@
 //!   virtualenv that `tests/scripts/install-testbed.sh` builds (installed on first use).
 //! - [`start_scaler`]: the scaler's own server in this process, on a real TCP port, and a client
 //!   built from KEDA's proto.
+//! - [`kube`]: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager,
+//!   scheduler, kwok fake nodes) and optionally KEDA, from `tests/scripts/k8s-up.sh`.
 
 // Test support: failing loudly on a broken test bed is its job.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -23,6 +25,8 @@ use headroom_proto::externalscaler::external_scaler_client::ExternalScalerClient
 use headroom_proto::externalscaler::{GetMetricsRequest, ScaledObjectRef};
 use headroom_scaler::server::{Running, ServeConfig, start};
 use tonic::transport::Channel;
+
+pub mod kube;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
