@@ -1,8 +1,8 @@
-//! Smoke tests of Karpenter's CRDs on the real control plane (taken from the `sigs.k8s.io/karpenter`
-//! module by tests/scripts/install-k8s.sh): they install, a NodeClaim with `nodeClassRef` and
-//! requirements round-trips with the CRD's defaults applied, and the CRD's schema and CEL rules
-//! reject bad NodeClaims with messages that name the problem — the validation the provisioner
-//! (issue 5) will meet.
+//! Smoke tests of Karpenter's CRDs on the real control plane (taken from the
+//! `sigs.k8s.io/karpenter` module by tests/scripts/install-k8s.sh): they install, a NodeClaim with
+//! `nodeClassRef` and requirements round-trips with the CRD's defaults applied, and the CRD's
+//! schema and CEL rules reject bad NodeClaims with messages that name the problem — the
+//! validation the provisioner (issue 5) will meet.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
