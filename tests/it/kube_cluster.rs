@@ -255,3 +255,64 @@ async fn gpu_pod_schedules_only_onto_a_node_advertising_nvidia_gpus() {
     .unwrap();
     assert!(cpu_pod.spec.unwrap().node_name.is_some());
 }
+
+#[tokio::test]
+async fn helm_built_from_its_module_installs_a_chart_into_the_cluster() {
+    let cluster = KubeCluster::shared().unwrap();
+    let client = cluster.client().await.unwrap();
+    let helm = headroom_integration::kube::helm_bin();
+    let version = std::process::Command::new(&helm)
+        .args(["version", "--short"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("v3.20.2"),
+        "{version:?}"
+    );
+
+    // A minimal chart whose value lands in a ConfigMap.
+    let chart = cluster.dir().join("smoke-chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: smoke\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(chart.join("values.yaml"), "greeting: hello\n").unwrap();
+    std::fs::write(
+        chart.join("templates/configmap.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\ndata:\n  greeting: {{ .Values.greeting | quote }}\n",
+    )
+    .unwrap();
+    let ns = create_namespace(&client, "helm").await.unwrap();
+    let out = std::process::Command::new(&helm)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["install", "smoke"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            &ns,
+            "--set",
+            "greeting=hi",
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm install: {out:?}");
+
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let cm = cms.get("smoke-cm").await.unwrap();
+    assert_eq!(cm.data.unwrap()["greeting"], "hi");
+    // helm keeps its release record as a Secret in the namespace.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client, &ns);
+    assert!(
+        secrets
+            .get_opt("sh.helm.release.v1.smoke.v1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
