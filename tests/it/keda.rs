@@ -3,7 +3,8 @@
 //! pointing at the scaler (in this process, on loopback) over a real Redis list. KEDA reconciles
 //! it, creates the HPA, activates the Deployment from zero when work arrives, the HPA (in the real
 //! kube-controller-manager) reads the scaler's value through the apiserver's aggregation layer and
-//! KEDA's adapter, and KEDA scales back to zero once the list is empty.
+//! KEDA's adapter, and KEDA scales back to zero once the list is empty. With `external-push`, KEDA
+//! activates the Deployment from the scaler's push stream, without waiting for a poll.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -269,5 +270,113 @@ spec:
         activated.as_secs_f64(),
         sized.as_secs_f64(),
         t1.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keda_activates_from_zero_through_the_push_stream_long_before_its_next_poll() {
+    let cluster = KubeCluster::shared_with_keda().unwrap();
+    let client = cluster.client().await.unwrap();
+    let redis = RedisServer::start(&["--notify-keyspace-events", "Kl"]).unwrap();
+    let (scaler, _) = start_scaler(ServeConfig::local()).await.unwrap();
+
+    create_fake_node(
+        &client,
+        &FakeNode::new("keda-push-node").label("headroom.dev/test", "keda-push"),
+    )
+    .await
+    .unwrap();
+    let ns = create_namespace(&client, "keda-push").await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "worker"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "worker"}},
+            "template": {
+                "metadata": {"labels": {"app": "worker"}},
+                "spec": {
+                    "nodeSelector": {"headroom.dev/test": "keda-push"},
+                    "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}],
+                },
+            },
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    // KEDA polls once when it starts watching the ScaledObject, then every 300 s: an activation
+    // within the minute after the first task can only come from the push stream.
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: worker
+  namespace: {ns}
+spec:
+  scaleTargetRef:
+    name: worker
+  pollingInterval: 300
+  minReplicaCount: 0
+  maxReplicaCount: 3
+  triggers:
+    - type: external-push
+      metadata:
+        scalerAddress: "{scaler_addr}"
+        source: redis-list
+        address: "{redis_addr}"
+        listName: jobs
+        listLength: "2"
+"#,
+            scaler_addr = scaler.grpc_addr,
+            redis_addr = redis.address(),
+        ))
+        .unwrap();
+    let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
+    let scaled_objects: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk(&gvk));
+    wait_until(WAIT, "ScaledObject Ready=True and Active=False", || {
+        let api = scaled_objects.clone();
+        async move {
+            let so = api.get("worker").await?;
+            Ok((condition(&so, "Ready").is_some_and(|(s, _)| s == "True")
+                && condition(&so, "Active").is_some_and(|(s, _)| s == "False"))
+            .then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    // KEDA has opened its StreamIsActive to the scaler (one watcher on the queue).
+    wait_until(WAIT, "KEDA's push stream open on the scaler", || {
+        let watchers = scaler.scaler.push_watchers();
+        async move { Ok((watchers > 0).then_some(())) }
+    })
+    .await
+    .unwrap();
+
+    let mut conn = redis.connection();
+    let t0 = Instant::now();
+    let _: () = redis::cmd("RPUSH")
+        .arg("jobs")
+        .arg("task-1")
+        .query(&mut conn)
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "Deployment activated by push",
+        || {
+            let d = deployments.clone();
+            async move { Ok((replicas(&d).await? > 0).then_some(())) }
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "keda external-push: activated {:.2} s after RPUSH (pollingInterval 300 s)",
+        t0.elapsed().as_secs_f64()
     );
 }
