@@ -87,6 +87,7 @@ failed() {
         echo "  last lines of $dir/logs/$2.log:" >&2
         tail -n 30 "$dir/logs/$2.log" | sed 's/^/    /' >&2
     fi
+    trap - EXIT
     bash "$here/k8s-down.sh" --keep "$dir" >/dev/null 2>&1 || true
     echo "  (the cluster was stopped; its folder $dir is kept for inspection)" >&2
     exit 1
