@@ -8,8 +8,11 @@ use headroom_integration::*;
 use headroom_scaler::server::ServeConfig;
 
 fn config() -> ServeConfig {
+    // No observation caching: each call reads Redis, so a poll right after a write sees it (with
+    // a 1 ms TTL, GetMetrics could still answer the previous poll's reading on a fast machine
+    // while IsActive read the new one: value 7 and active true in one poll).
     ServeConfig {
-        observation_ttl: Duration::from_millis(1),
+        observation_ttl: Duration::ZERO,
         ..ServeConfig::local()
     }
 }

@@ -18,7 +18,8 @@
 #
 # Run it instead of sourcing it (`bash tests/scripts/env.sh`) and it prints
 # those variables as NAME=value lines, e.g. for a test harness to read.
-# It installs nothing: tests/scripts/install-testbed.sh does (and sources this).
+# It also exports the Kubernetes test bed's versions and folders (below).
+# It installs nothing: tests/scripts/install-testbed.sh and install-k8s.sh do (and source this).
 
 _headroom_env_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 HEADROOM_ROOT="$(cd "$_headroom_env_dir/../.." && pwd)"
@@ -47,10 +48,32 @@ export HEADROOM_ROOT HEADROOM_CACHE HEADROOM_CELERY_REQUIREMENTS \
     HEADROOM_CELERY_TOOL
 unset _headroom_env_dir
 
+# --- Kubernetes test bed (versions in tests/k8s/versions.env; tests/scripts/install-k8s.sh builds) ---
+#   HEADROOM_K8S_HOME        kubernetes-<v>/bin: kube-apiserver, kube-controller-manager,
+#                            kube-scheduler, kubectl, etcd
+#   HEADROOM_KEDA_HOME       keda-<v>/bin: keda-operator, keda-adapter; keda-<v>/crds/*.yaml
+#   HEADROOM_KARPENTER_HOME  karpenter-<v>/crds/*.yaml (karpenter.sh and the kwok provider's)
+#   HEADROOM_KWOK_HOME       kwok-<v>/bin/kwok and kwok-<v>/stages.yaml (kwok's "fast" stages)
+#   HEADROOM_HELM_HOME       helm-<v>/bin/helm
+set -a
+# shellcheck source=tests/k8s/versions.env
+. "$HEADROOM_ROOT/tests/k8s/versions.env"
+set +a
+HEADROOM_K8S_HOME="$HEADROOM_CACHE/kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION"
+HEADROOM_KEDA_HOME="$HEADROOM_CACHE/keda-$KEDA_VERSION"
+HEADROOM_KARPENTER_HOME="$HEADROOM_CACHE/karpenter-$KARPENTER_VERSION"
+HEADROOM_KWOK_HOME="$HEADROOM_CACHE/kwok-$KWOK_VERSION"
+HEADROOM_HELM_HOME="$HEADROOM_CACHE/helm-$HELM_VERSION"
+export HEADROOM_K8S_HOME HEADROOM_KEDA_HOME HEADROOM_KARPENTER_HOME HEADROOM_KWOK_HOME \
+    HEADROOM_HELM_HOME
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     for _headroom_var in HEADROOM_ROOT HEADROOM_CACHE HEADROOM_CELERY_VERSION \
         HEADROOM_CELERY_VENV HEADROOM_CELERY_PYTHON HEADROOM_CELERY_TOOL \
-        HEADROOM_KAFKA_VERSION HEADROOM_KAFKA_HOME HEADROOM_MOTO_VERSION HEADROOM_MOTO_VENV; do
+        HEADROOM_KAFKA_VERSION HEADROOM_KAFKA_HOME HEADROOM_MOTO_VERSION HEADROOM_MOTO_VENV\
+        KUBERNETES_VERSION ETCD_VERSION KEDA_VERSION KARPENTER_VERSION KWOK_VERSION HELM_VERSION \
+        HEADROOM_K8S_HOME HEADROOM_KEDA_HOME HEADROOM_KARPENTER_HOME HEADROOM_KWOK_HOME \
+        HEADROOM_HELM_HOME; do
         printf '%s=%s\n' "$_headroom_var" "${!_headroom_var}"
     done
     unset _headroom_var

@@ -8,6 +8,8 @@
 //!   installed by `tests/scripts/install-brokers.sh` on first use.
 //! - [`start_scaler`]: the scaler's own server in this process, on a real TCP port, and a client
 //!   built from KEDA's proto.
+//! - [`kube`]: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager,
+//!   scheduler, kwok fake nodes) and optionally KEDA, from `tests/scripts/k8s-up.sh`.
 
 // Test support: failing loudly on a broken test bed is its job.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -28,6 +30,8 @@ use headroom_proto::externalscaler::external_scaler_client::ExternalScalerClient
 use headroom_proto::externalscaler::{GetMetricsRequest, ScaledObjectRef};
 use headroom_scaler::server::{Running, ServeConfig, start};
 use tonic::transport::Channel;
+
+pub mod kube;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
