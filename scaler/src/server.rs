@@ -384,8 +384,13 @@ pub async fn start(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
+            // Planner histories go to the store every 30 s and once more on shutdown, so a
+            // restart or another replica continues from them.
+            let mut save = tokio::time::interval(Duration::from_secs(30));
+            save.tick().await;
             loop {
                 tokio::select! {
+                    _ = save.tick() => { scaler.save_history().await; }
                     _ = tick.tick() => {
                         let idle = Duration::from_secs(600);
                         observations.sweep(idle);
@@ -396,7 +401,10 @@ pub async fn start(
                         metrics::planners(scaler.plans().len());
                         scaler.seen().sweep(idle);
                     }
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), scaler.save_history()).await;
+                        return;
+                    }
                 }
             }
         })

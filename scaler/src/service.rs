@@ -34,6 +34,9 @@ use crate::sources::kafka::{Persistent, persistent_partitions};
 use crate::sources::{Depth, SourceConfig, SourceError, SourceKind};
 use crate::trigger::{Answer, Trigger};
 
+/// How long a saved planner history is kept without being saved again.
+pub const HISTORY_TTL: Duration = Duration::from_secs(8 * 86_400);
+
 /// The scaler's state shared by all calls.
 #[derive(Debug, Clone)]
 pub struct Scaler {
@@ -136,6 +139,7 @@ impl Scaler {
             &trigger.metric_name,
             &r.scaler_metadata,
         );
+        self.restore_history(trigger).await;
         let answer = self.evaluate(trigger, &depth, &persistent, read_at);
         if trigger.planned().is_some() {
             metrics::desired_replicas(
@@ -155,6 +159,54 @@ impl Scaler {
             answer.value,
         );
         Ok(answer)
+    }
+
+    /// Planned mode: before a queue's first answer in this process, continue from the history
+    /// another replica (or this one before a restart) saved. A store that cannot be read only
+    /// costs the learned history: the answer starts reactive, never at zero.
+    pub async fn restore_history(&self, trigger: &Trigger) {
+        let Some(config) = trigger.planned() else {
+            return;
+        };
+        let query = trigger.query();
+        if self.plans.contains(&query, config) {
+            return;
+        }
+        let key = Plans::key_of(&query, config);
+        match self.history.get(&key).await {
+            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                Ok(state) => {
+                    self.plans.restore(&query, config, state);
+                    tracing::debug!(key, "planner history restored");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, key, "stored planner history unreadable; starting afresh")
+                }
+            },
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "planner history store unavailable; starting afresh")
+            }
+        }
+    }
+
+    /// Saves every planner's history to the store (kept for 8 days: a week of seasonality and
+    /// a margin). Returns how many were saved.
+    pub async fn save_history(&self) -> usize {
+        let mut saved = 0;
+        for (key, state) in self.plans.snapshot() {
+            let Ok(bytes) = serde_json::to_vec(&state) else {
+                continue;
+            };
+            match self.history.set(&key, bytes, HISTORY_TTL).await {
+                Ok(()) => saved += 1,
+                Err(error) => {
+                    tracing::warn!(%error, "planner history not saved");
+                    break;
+                }
+            }
+        }
+        saved
     }
 
     /// The answer for a reading taken at `read_at`: KEDA's rule in depth mode, the planner's

@@ -242,3 +242,48 @@ async fn watch_demand_sends_at_once_and_again_when_work_arrives() {
         .unwrap();
     assert_eq!(next.desired_replicas, 2);
 }
+
+#[tokio::test]
+async fn planner_history_is_shared_through_redis_and_a_dead_store_only_costs_history() {
+    let queue = RedisServer::start(&[]).unwrap();
+    let store = RedisServer::start(&[]).unwrap();
+    let config = || ServeConfig {
+        history_url: Some(store.url()),
+        ..ServeConfig::local()
+    };
+    let m = md(&[
+        ("source", "celery"),
+        ("address", &queue.address()),
+        ("queues", "hist"),
+        ("metric", "replicas"),
+        ("tasksPerReplica", "2"),
+        ("forecast", "seasonal"),
+    ]);
+    Celery::new(&queue).enqueue("hist", 5, None).unwrap();
+    let (first, mut c1) = start_scaler(config()).await.unwrap();
+    assert_eq!(poll(&mut c1, &m).await.unwrap().value, 3.0);
+    assert_eq!(first.scaler.save_history().await, 1);
+    let saved = first.scaler.plans().snapshot();
+    assert_eq!(saved.len(), 1);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("headroom:planner:*")
+        .query(&mut store.connection())
+        .unwrap();
+    assert_eq!(keys.len(), 1, "one history per queue and configuration");
+
+    // Another replica (or this one restarted) continues from the saved history.
+    let (second, _c2) = start_scaler(config()).await.unwrap();
+    let trigger = headroom_scaler::trigger::Trigger::parse(&m).unwrap();
+    second.scaler.restore_history(&trigger).await;
+    assert_eq!(second.scaler.plans().snapshot(), saved);
+
+    // A store that is gone costs the history, not the answer.
+    let (_third, mut c3) = start_scaler(ServeConfig {
+        history_url: Some("redis://127.0.0.1:1/0".into()),
+        ..ServeConfig::local()
+    })
+    .await
+    .unwrap();
+    let p = poll(&mut c3, &m).await.unwrap();
+    assert_eq!((p.value, p.active), (3.0, true));
+}

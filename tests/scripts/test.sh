@@ -30,7 +30,7 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, property, integration against real Redis and Celery)"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 step "quickstart (README command 1) runs end to end"
 bash "$here/quickstart.sh" --once >/dev/null

@@ -221,6 +221,9 @@ impl KubeCluster {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
         let config =
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        // The workspace links both rustls backends (the AWS SDK's aws-lc-rs, everyone else's
+        // ring): choose one before the first TLS connection, as the scaler does.
+        headroom_scaler::install_crypto_provider();
         Ok(kube::Client::try_from(config)?)
     }
 
