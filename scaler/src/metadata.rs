@@ -384,16 +384,18 @@ pub fn normalize_metric_name(name: &str) -> String {
         .collect()
 }
 
+/// Trigger metadata from `(key, value)` pairs, for the parsers' tests.
+#[cfg(test)]
+pub(crate) fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn integers_follow_go_parse_int() {

@@ -413,16 +413,8 @@ impl Planner {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
-
-    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::metadata::md;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<PlannedConfig, crate::metadata::MetadataError> {
         let m = md(pairs);

@@ -159,12 +159,7 @@ impl Trigger {
 mod tests {
     use super::*;
 
-    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::metadata::md;
 
     #[test]
     fn redis_list_matches_keda_defaults_and_name() {

@@ -747,12 +747,7 @@ mod tests {
     type Pairs = Vec<(&'static str, &'static str)>;
     use std::collections::HashMap;
 
-    fn md(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::metadata::md;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<SqsMetadata, Vec<String>> {
         let m = md(pairs);
