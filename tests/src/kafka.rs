@@ -230,10 +230,7 @@ impl KafkaBroker {
 
     /// Kills the broker (as a crash would); its data stays.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::kill_child(&mut self.child);
     }
 
     /// Starts it again on the same ports with the same data.

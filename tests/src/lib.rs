@@ -57,6 +57,14 @@ pub fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// Kills a peer's process (as a crash would) and reaps it; nothing when none runs.
+pub fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// A `redis-server` on 127.0.0.1, killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -180,10 +188,7 @@ impl RedisServer {
 
     /// Kills the server (as a crash would).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts it again on the same port, empty.

@@ -87,10 +87,7 @@ impl SqsServer {
 
     /// Kills the server.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::kill_child(&mut self.child);
     }
 
     /// Starts it again on the same port (moto keeps nothing: queues must be re-created).
