@@ -13,4 +13,5 @@ pub mod crd;
 pub mod karpenter;
 pub mod overprovision;
 pub mod plan;
+pub mod provider;
 pub mod shape;

@@ -1,0 +1,184 @@
+//! The one seam between the reconcile loop and whatever makes capacity: Karpenter NodeClaims,
+//! pause-pod overprovisioning, or EC2 instances.
+//!
+//! # Contract
+//!
+//! Every implementation keeps these promises; the controller relies on them and never second
+//! guesses a provider:
+//!
+//! 1. **Ownership is visible on the capacity itself.** Everything `create` makes carries the
+//!    policy's owner mark (the `headroom.dev/policy` label on Kubernetes objects, the same key as
+//!    a tag on EC2), so `list` after a restart finds exactly what an earlier process created —
+//!    adoption, never duplication. `list` returns nothing it did not create for that policy.
+//! 2. **`create` is idempotent per token.** Calling `create` twice with the same
+//!    [`CreateRequest::token`] (a retry after a timeout, a second reconcile before the first one's
+//!    objects are listed) creates the units once. Tokens are deterministic: derived from the policy
+//!    and how many units it already owned when it decided to create.
+//! 3. **`create` never creates more than `count` units**, and may create fewer (capacity errors,
+//!    quotas): it returns what it did create, and an error only when it created nothing. The
+//!    controller re-plans on the next pass from what `list` shows.
+//! 4. **`hold` marks units as needed now**: their `last_needed` becomes the given time (kept on the
+//!    capacity, e.g. the `headroom.dev/last-needed` annotation or tag, so a restart keeps the
+//!    clock) and, where the platform has such a thing, they are protected from disruption
+//!    (`karpenter.sh/do-not-disrupt`). `release` lifts that protection without removing anything.
+//! 5. **`remove` removes only the named units**, each of which the controller has checked is
+//!    idle; removing a unit already gone is success.
+//! 6. **Errors say what is wrong and whether to retry**: see [`ProviderError`]. A provider never
+//!    answers an error as "nothing exists".
+//!
+//! Times are milliseconds since the Unix epoch, passed in by the caller: providers read no clock
+//! of their own for planning decisions (they may for call timeouts).
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::plan::Millis;
+use crate::shape::Shape;
+
+/// The policy a call is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+    /// The policy object's UID: owner references, and tokens that change if the policy is
+    /// deleted and recreated under the same name.
+    pub uid: String,
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One unit of capacity a provider holds for a policy: a NodeClaim, an EC2 instance, or one
+/// placeholder pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    /// NodeClaim name, instance id, or placeholder pod name.
+    pub id: String,
+    /// The Kubernetes node it is (or runs on), once known.
+    pub node_name: Option<String>,
+    pub instance_type: String,
+    /// Ready for workload pods: the node is Ready and Initialized (GPUs registered), or the
+    /// placeholder pod is Running.
+    pub ready: bool,
+    /// When the unit was asked for.
+    pub created_at: Millis,
+    /// When it became ready, if known (for time-to-capacity).
+    pub ready_at: Option<Millis>,
+    /// The last time a plan counted it as needed (its creation time until then).
+    pub last_needed: Millis,
+    /// Per hour, in the instance types' currency; 0 when unknown.
+    pub hourly_price: f64,
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct CreateRequest<'a> {
+    /// Units to create (at most).
+    pub count: u32,
+    /// The workload pod's shape: the capacity must hold pods of exactly this shape.
+    pub shape: &'a Shape,
+    /// Idempotency token (see the contract, rule 2). At most 64 ASCII characters.
+    pub token: String,
+    /// Now, for `created_at` and `last_needed` of what is created.
+    pub now: Millis,
+}
+
+/// Why a provider call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// Something the policy names does not exist (a NodePool, a launch template, a PriorityClass
+    /// that cannot be created). Not retried until the policy or that object changes.
+    #[error("{kind} {name:?} not found{}", suffix(.detail))]
+    Missing {
+        kind: &'static str,
+        name: String,
+        detail: String,
+    },
+    /// The shape fits no instance type the policy allows.
+    #[error("{0}")]
+    NoFit(String),
+    /// The platform has no capacity of the kinds asked for right now (spot and on-demand both).
+    #[error("insufficient capacity: {0}")]
+    InsufficientCapacity(String),
+    /// Throttled or rate limited: retried with backoff.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// The object changed under us (HTTP 409): re-read and retried.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Credentials missing, expired or not allowed to do this.
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
+    /// Anything else (network, server errors): retried with backoff.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn suffix(d: &str) -> String {
+    if d.is_empty() {
+        String::new()
+    } else {
+        format!(": {d}")
+    }
+}
+
+impl ProviderError {
+    /// CamelCase reason for conditions and events, and the bounded `reason` label of
+    /// `headroom_provisioner_provider_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::Missing { .. } => "NotFound",
+            ProviderError::NoFit(_) => "NoInstanceTypeFits",
+            ProviderError::InsufficientCapacity(_) => "InsufficientCapacity",
+            ProviderError::Throttled(_) => "Throttled",
+            ProviderError::Conflict(_) => "Conflict",
+            ProviderError::Unauthorized(_) => "Unauthorized",
+            ProviderError::Other(_) => "ProviderError",
+        }
+    }
+
+    /// Whether retrying the same call later can succeed without anything else changing.
+    pub fn retryable(&self) -> bool {
+        !matches!(
+            self,
+            ProviderError::Missing { .. }
+                | ProviderError::NoFit(_)
+                | ProviderError::Unauthorized(_)
+        )
+    }
+}
+
+/// Makes and removes capacity for policies. See the module documentation for the contract.
+#[async_trait]
+pub trait CapacityProvider: Send + Sync {
+    /// `karpenter`, `overprovision` or `ec2`: the `provider` label of the provider metrics.
+    fn name(&self) -> &'static str;
+
+    /// Everything this provider holds for `policy`, found by its owner mark.
+    async fn list(&self, policy: &PolicyRef) -> Result<Vec<Unit>, ProviderError>;
+
+    /// Create up to `request.count` units; returns those created.
+    async fn create(
+        &self,
+        policy: &PolicyRef,
+        request: &CreateRequest<'_>,
+    ) -> Result<Vec<Unit>, ProviderError>;
+
+    /// Mark `ids` as needed at `now` and protect them from disruption.
+    async fn hold(
+        &self,
+        policy: &PolicyRef,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<(), ProviderError>;
+
+    /// Lift disruption protection from `ids` (their window has closed) without removing them.
+    async fn release(&self, policy: &PolicyRef, ids: &[String]) -> Result<(), ProviderError>;
+
+    /// Remove `ids`, each idle. Already gone is success.
+    async fn remove(&self, policy: &PolicyRef, ids: &[String]) -> Result<(), ProviderError>;
+}
