@@ -69,7 +69,7 @@ pub fn fitting_types<'a>(
 }
 
 /// The `In` values of a NodePool template requirement, if it has one for `key`.
-fn requirement_values(pool: &Value, key: &str) -> Option<Vec<String>> {
+pub fn requirement_values(pool: &Value, key: &str) -> Option<Vec<String>> {
     pool.pointer("/spec/template/spec/requirements")?
         .as_array()?
         .iter()

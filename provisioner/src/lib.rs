@@ -4,14 +4,32 @@
 //! - [`crd`]: the `PrewarmPolicy` resource (`headroom.dev/v1alpha1`);
 //! - [`plan`]: the pure planner — forecast, pod shape, capacity and limits in, capacity wanted out;
 //! - [`shape`]: the workload pod's shape, read from its pod template;
-//! - [`karpenter`], [`overprovision`]: the objects each capacity mode creates, built purely.
-//!
-//! The reconcile loop and the capacity providers (Karpenter NodeClaims, pause-pod
-//! overprovisioning, EC2) build on these; see the provisioner issue for what is still to come.
+//! - [`karpenter`], [`overprovision`]: the objects each capacity mode creates, built purely;
+//! - [`provider`]: the `CapacityProvider` contract; [`providers`]: its implementations;
+//! - [`demand`]: the client of the scaler's `headroom.v1.Demand` stream;
+//! - [`controller`]: the reconcile loop; [`leader`]: Lease-based leader election;
+//! - [`serve`]: the process (HTTP endpoints, election, the loop while leading), [`metrics`].
 
+pub mod controller;
 pub mod crd;
+pub mod demand;
 pub mod karpenter;
+pub mod leader;
+pub mod metrics;
 pub mod overprovision;
 pub mod plan;
 pub mod provider;
+pub mod providers;
+pub mod serve;
 pub mod shape;
+
+pub use serve::{Config, Running, start};
+
+/// Makes ring the process-wide rustls crypto provider, once (kube and tonic both use rustls;
+/// with more than one provider linked, rustls refuses to guess). Harmless if one is installed.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -1,24 +1,73 @@
-//! `headroom-provisioner`: for now, `headroom-provisioner crd` prints the PrewarmPolicy CRD.
+//! `headroom-provisioner`: `serve` runs the controller; `crd` prints the PrewarmPolicy CRD.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use headroom_provisioner::serve::ServeArgs;
+use headroom_provisioner::{install_crypto_provider, metrics, serve};
+
+/// Exit code for bad configuration (BSD `EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(name = "headroom-provisioner", version, about)]
 struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "HEADROOM_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `headroom_provisioner=debug`).
+    #[arg(long, global = true, env = "HEADROOM_LOG", default_value = "info")]
+    log: String,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Reconcile PrewarmPolicies: create capacity ahead of the scaler's forecast.
+    Serve(Box<ServeArgs>),
     /// Print the PrewarmPolicy CustomResourceDefinition (YAML) generated from the Rust types.
     Crd,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("--log: {filter:?} is not a valid filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         Command::Crd => match headroom_provisioner::crd::crd_yaml() {
             Ok(yaml) => {
@@ -30,5 +79,98 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Serve(args) => {
+            if let Err(e) = init_tracing(cli.log_format, &cli.log) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            run(*args).await
+        }
     }
+}
+
+async fn run(args: ServeArgs) -> ExitCode {
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    install_crypto_provider();
+    let client = match kube::Config::infer().await {
+        Ok(c) => match kube::Client::try_from(c) {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("error: cannot build a Kubernetes client: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        Err(e) => {
+            eprintln!(
+                "error: no Kubernetes configuration (neither in-cluster nor KUBECONFIG/~/.kube/config): {e}"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let handle = match metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(metrics::TIME_TO_CAPACITY.into()),
+            metrics::TIME_TO_CAPACITY_BUCKETS,
+        )
+        .and_then(|b| b.set_buckets(metrics::CALL_BUCKETS))
+        .and_then(|b| b.install_recorder())
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: cannot install the metrics recorder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    metrics::describe();
+    metrics::leader(false);
+    let running = match serve::start(config, client, Some(handle)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown();
+    match running.wait().await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops it");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -1,0 +1,1065 @@
+//! The reconcile loop over `PrewarmPolicy`: observe → [`plan`] → act through the policy's
+//! [`CapacityProvider`] → status and events.
+//!
+//! Triggers: the policy itself (spec and finalizer changes, not its own status writes), its
+//! ScaledObject, the scale targets (Deployments, StatefulSets), Pods, Nodes and the NodeClaims
+//! it owns, every Demand answer of its stream (so a forecast spike acts at once), and a
+//! periodic resync.
+//!
+//! What bad input gets: a missing ScaledObject, scale target or NodePool, a shape that fits no
+//! instance type, an unreachable Demand service or a mode not in this build each set a condition
+//! and publish an event; nothing is created then. Limits bind inside the plan, so nothing is
+//! ever created beyond them; creation is idempotent per decision (a token from the policy's
+//! UID and the units it owned), so nothing is created twice.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalized, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::crd::{Condition, ForecastStatus, PrewarmPolicy, PrewarmPolicyStatus};
+use crate::demand::{DemandStreams, Latest, PolicyKey, Watch};
+use crate::karpenter::POLICY_LABEL;
+use crate::metrics::{self, PolicyGauges};
+use crate::plan::{self, Limits, Millis, OwnedNode, PlanInput, Want};
+use crate::provider::{CreateRequest, PolicyRef, ProviderError, Unit};
+use crate::providers::{self, ForPolicyError, karpenter::POLICY_REF_ANNOTATION};
+use crate::shape::{Shape, shape_of};
+
+/// Finalizer on every policy: its capacity is removed before it goes.
+pub const FINALIZER: &str = "headroom.dev/cleanup";
+/// Field manager of status writes.
+pub const MANAGER: &str = "headroom-provisioner";
+
+/// `keda.sh/v1alpha1` ScaledObject.
+pub fn scaled_object_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "keda.sh",
+        "v1alpha1",
+        "ScaledObject",
+    ))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the pod cache is not ready")]
+    NotReady,
+}
+
+/// What the reconcile loop shares.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub demand: DemandStreams,
+    pub dry_run: bool,
+    pub resync: Duration,
+    pods: Store<Pod>,
+    /// Consecutive failures per policy, for the error backoff.
+    failures: Mutex<HashMap<PolicyKey, u32>>,
+    /// Units whose time to capacity was recorded.
+    recorded_ready: Mutex<HashSet<String>>,
+    started_ms: Millis,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dry_run: bool,
+    pub resync: Duration,
+    /// Only policies in this namespace; all when `None`.
+    pub watch_namespace: Option<String>,
+    /// Reporting instance of events (the pod name).
+    pub identity: String,
+}
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn rfc3339(ms: Millis) -> String {
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Parses `1h30m`, `10m`, `45s`, `500ms`, `1.5m` (the CRD's duration pattern).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total += value * unit;
+    }
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total))
+}
+
+/// Deterministic creation token: the policy's UID and the units it owned when it decided.
+pub fn token(uid: &str, owned: &[Unit]) -> String {
+    let mut ids: Vec<&str> = owned.iter().map(|u| u.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in uid.bytes().chain(
+        ids.iter()
+            .flat_map(|i| std::iter::once(0u8).chain(i.bytes())),
+    ) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Runs the controller until `stop` is cancelled.
+pub async fn run(client: kube::Client, settings: Settings, stop: CancellationToken) {
+    let policies: Api<PrewarmPolicy> = match &settings.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (demand, wake) = DemandStreams::new();
+    let (pods_reader, pods_writer) = reflector::store::<Pod>();
+    let pods_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(pods_writer)
+        .touched_objects();
+
+    let (policy_reader, policy_writer) = reflector::store::<PrewarmPolicy>();
+    let policy_stream = watcher(policies, watcher::Config::default())
+        .default_backoff()
+        .reflect(policy_writer)
+        .applied_objects()
+        // Its own status writes do not wake a policy; spec, deletion and finalizer changes do.
+        .predicate_filter(
+            predicates::generation::<PrewarmPolicy>
+                .combine(predicates::finalizers::<PrewarmPolicy>),
+            Default::default(),
+        );
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "headroom-provisioner".into(),
+                instance: Some(settings.identity.clone()),
+            },
+        ),
+        demand,
+        dry_run: settings.dry_run,
+        resync: settings.resync,
+        pods: pods_reader,
+        failures: Mutex::new(HashMap::new()),
+        recorded_ready: Mutex::new(HashSet::new()),
+        started_ms: now_ms(),
+    });
+
+    let in_namespace = {
+        let store = policy_reader.clone();
+        move |ns: Option<String>| -> Vec<ObjectRef<PrewarmPolicy>> {
+            let Some(ns) = ns else { return Vec::new() };
+            store
+                .state()
+                .iter()
+                .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect()
+        }
+    };
+    let owner_of = |labels: &BTreeMap<String, String>,
+                    annotations: &BTreeMap<String, String>|
+     -> Option<ObjectRef<PrewarmPolicy>> {
+        let (ns, name) = match annotations.get(POLICY_REF_ANNOTATION) {
+            Some(r) => r.split_once('/')?,
+            // Namespaces hold no dots: `<namespace>.<name>`.
+            None => labels.get(POLICY_LABEL)?.split_once('.')?,
+        };
+        Some(ObjectRef::new(name).within(ns))
+    };
+
+    let wakes = tokio_stream::wrappers::UnboundedReceiverStream::new(wake)
+        .map(|(ns, name)| ObjectRef::<PrewarmPolicy>::new(&name).within(&ns));
+    let so_map = in_namespace.clone();
+    let deploy_map = in_namespace.clone();
+    let sts_map = in_namespace.clone();
+    let pod_map = in_namespace;
+    let stop_signal = stop.clone();
+    let cleanup_ctx = ctx.clone();
+    Controller::for_stream(policy_stream, policy_reader)
+        .watches_with(
+            Api::<DynamicObject>::all_with(client.clone(), &scaled_object_resource()),
+            scaled_object_resource(),
+            watcher::Config::default(),
+            move |so| so_map(so.namespace()),
+        )
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+            move |d| deploy_map(d.namespace()),
+        )
+        .watches(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default(),
+            move |s| sts_map(s.namespace()),
+        )
+        .watches_stream(pods_stream, move |p: Pod| pod_map(p.namespace()))
+        .watches_with(
+            Api::<DynamicObject>::all_with(
+                client.clone(),
+                &providers::karpenter::node_claim_resource(),
+            ),
+            providers::karpenter::node_claim_resource(),
+            watcher::Config::default().labels(POLICY_LABEL),
+            move |c| owner_of(c.labels(), c.annotations()),
+        )
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().labels(POLICY_LABEL),
+            move |n| owner_of(n.labels(), n.annotations()),
+        )
+        .reconcile_on(wakes)
+        .graceful_shutdown_on(async move { stop_signal.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    cleanup_ctx.demand.stop_all();
+}
+
+fn key_of(p: &PrewarmPolicy) -> PolicyKey {
+    (p.namespace().unwrap_or_default(), p.name_any())
+}
+
+async fn reconcile(policy: Arc<PrewarmPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let ns = policy.namespace().unwrap_or_default();
+    let api: Api<PrewarmPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, policy, |event| async {
+        match event {
+            Finalized::Apply(p) => apply(&p, &ctx).await,
+            Finalized::Cleanup(p) => cleanup(&p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    metrics::reconcile(result.is_ok(), start.elapsed());
+    result
+}
+
+fn error_policy(policy: Arc<PrewarmPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key_of(&policy);
+    let n = {
+        let mut f = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = f.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = Duration::from_millis(500)
+        .saturating_mul(1 << n.min(10))
+        .min(Duration::from_secs(300));
+    tracing::warn!(namespace = %key.0, policy = %key.1, %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Conditions of one pass, keyed by type.
+#[derive(Debug, Default)]
+struct Conditions(BTreeMap<&'static str, (bool, &'static str, String)>);
+
+impl Conditions {
+    fn set(
+        &mut self,
+        kind: &'static str,
+        ok: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) {
+        self.0.insert(kind, (ok, reason, message.into()));
+    }
+}
+
+/// The outcome of one observation, written to status whatever happened.
+#[derive(Debug, Default)]
+struct Report {
+    conditions: Conditions,
+    desired_nodes: Option<u32>,
+    units: Vec<Unit>,
+    forecast: Option<ForecastStatus>,
+    gauges: Option<PolicyGauges>,
+}
+
+async fn apply(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
+    let key = key_of(policy);
+    let mut report = Report::default();
+    let outcome = observe_and_act(policy, ctx, &mut report).await;
+    write_status(policy, ctx, &report).await?;
+    match outcome {
+        Ok(action) => {
+            ctx.failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+            Ok(action)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Observes, plans and acts, recording what it found in `report`. `Ok` with a requeue when the
+/// policy cannot act until something changes (bad input); `Err` for retryable failures.
+async fn observe_and_act(
+    policy: &PrewarmPolicy,
+    ctx: &Context,
+    report: &mut Report,
+) -> Result<Action, Error> {
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let key = key_of(policy);
+    let spec = &policy.spec;
+    let resync = Action::requeue(ctx.resync);
+    let now = now_ms();
+    let c = &mut report.conditions;
+
+    let (Some(lead), Some(scale_down)) = (
+        parse_duration(&spec.lead_time),
+        parse_duration(&spec.scale_down_after),
+    ) else {
+        c.set(
+            "Ready",
+            false,
+            "InvalidSpec",
+            format!(
+                "spec.leadTime {:?} or spec.scaleDownAfter {:?} is not a duration like 3m or 1h30m",
+                spec.lead_time, spec.scale_down_after
+            ),
+        );
+        return Ok(resync);
+    };
+
+    // The ScaledObject and its scale target's pod template give the shape.
+    let so_name = &spec.scaled_object_ref.name;
+    let so_api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &scaled_object_resource());
+    let so = match so_api.get_opt(so_name).await {
+        Ok(Some(so)) => so,
+        Ok(None) | Err(kube::Error::Api(_)) => {
+            ctx.demand.stop(&key);
+            c.set(
+                "ShapeResolved",
+                false,
+                "ScaledObjectNotFound",
+                format!("ScaledObject {ns}/{so_name} not found"),
+            );
+            c.set("Ready", false, "ScaledObjectNotFound", "nothing to follow");
+            return Ok(resync);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let so_value = serde_json::to_value(&so).unwrap_or(Value::Null);
+    let (template, selector) = match scale_target(ctx, &ns, &so_value).await {
+        Ok(t) => t,
+        Err(TargetError::Kube(e)) => return Err(e.into()),
+        Err(TargetError::Bad(reason, message)) => {
+            c.set("ShapeResolved", false, reason, message);
+            c.set("Ready", false, reason, "no pod shape to plan for");
+            return Ok(resync);
+        }
+    };
+    let shape: Shape = match template.spec.as_ref().map(shape_of) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            c.set("ShapeResolved", false, "BadPodTemplate", e.to_string());
+            c.set("Ready", false, "BadPodTemplate", "no pod shape to plan for");
+            return Ok(resync);
+        }
+        None => {
+            c.set(
+                "ShapeResolved",
+                false,
+                "BadPodTemplate",
+                "the pod template has no spec",
+            );
+            c.set("Ready", false, "BadPodTemplate", "no pod shape to plan for");
+            return Ok(resync);
+        }
+    };
+
+    // The Demand stream: started here, kept while the policy resolves.
+    let horizon = (lead * 2).max(Duration::from_secs(600));
+    let latest = ctx.demand.ensure(
+        &key,
+        &Watch {
+            address: spec.demand_address.clone(),
+            namespace: ns.clone(),
+            name: so_name.clone(),
+            triggers: crate::demand::triggers_of(&so_value),
+            horizon,
+        },
+    );
+
+    // The provider and the node type it makes.
+    let built = match providers::for_policy(&ctx.client, policy, &shape).await {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = e.reason();
+            if matches!(e, ForPolicyError::Provider(ProviderError::NoFit(_))) {
+                c.set("ShapeResolved", false, reason, e.to_string());
+            } else {
+                c.set(
+                    "ShapeResolved",
+                    true,
+                    "Resolved",
+                    describe_shape(&shape, &[]),
+                );
+            }
+            c.set("Ready", false, reason, e.to_string());
+            return if e.retryable() {
+                Err(match e {
+                    ForPolicyError::Provider(p) => Error::Provider(p),
+                    other => Error::Provider(ProviderError::Other(other.to_string())),
+                })
+            } else {
+                Ok(resync)
+            };
+        }
+    };
+    c.set(
+        "ShapeResolved",
+        true,
+        "Resolved",
+        describe_shape(&shape, &built.instance_types),
+    );
+    let provider = &built.provider;
+    let pref = PolicyRef {
+        namespace: ns.clone(),
+        name: name.clone(),
+        uid: policy.uid().unwrap_or_default(),
+    };
+
+    // What it owns, and which of it runs pods.
+    if tokio::time::timeout(Duration::from_secs(10), ctx.pods.wait_until_ready())
+        .await
+        .is_err()
+    {
+        return Err(Error::NotReady);
+    }
+    let units = match provider.list(&pref).await {
+        Ok(u) => u,
+        Err(e) => {
+            c.set("Ready", false, e.reason(), e.to_string());
+            return Err(e.into());
+        }
+    };
+    record_time_to_capacity(ctx, &pref, provider.name(), &units);
+    report.units = units.clone();
+    let (owned, placed_elsewhere) = occupancy(ctx, &ns, &selector, &units);
+
+    // Demand: an error is reported, never read as 0.
+    let answer = match demand_answer(&latest) {
+        Ok(a) => {
+            c.set(
+                "DemandAvailable",
+                true,
+                "Answering",
+                format!("Demand service at {}", spec.demand_address),
+            );
+            a
+        }
+        Err((reason, message)) => {
+            c.set("DemandAvailable", false, reason, message.clone());
+            c.set("Ready", false, reason, message);
+            // Nothing is created or removed without a forecast; the stream wakes us.
+            return Ok(resync);
+        }
+    };
+    let forecast: Vec<Want> = answer
+        .forecast
+        .iter()
+        .map(|p| Want {
+            at: p.at_unix_ms,
+            replicas: p.replicas,
+        })
+        .collect();
+    let limits = Limits {
+        max_nodes: spec.limits.max_nodes,
+        max_gpus: spec.limits.max_gpus,
+        max_hourly_cost: spec.limits.max_hourly_cost,
+    };
+    let lead_ms = lead.as_millis() as Millis;
+    let plan = match plan::plan(&PlanInput {
+        now,
+        desired_now: answer.desired_replicas,
+        forecast: &forecast,
+        lead_time: lead_ms,
+        shape: shape.plan_shape(),
+        node: built.node,
+        placed_elsewhere,
+        owned: &owned,
+        limits,
+        min_warm_gpus: spec.min_warm_gpus,
+        scale_down_after: scale_down.as_millis() as Millis,
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            c.set("ShapeResolved", false, "PodDoesNotFit", e.to_string());
+            c.set("Ready", false, "PodDoesNotFit", e.to_string());
+            return Ok(resync);
+        }
+    };
+    report.desired_nodes = Some(plan.planned_nodes);
+    report.forecast = Some(ForecastStatus {
+        peak_replicas: plan.peak_replicas,
+        desired_replicas_now: answer.desired_replicas,
+        observed_at: rfc3339(if answer.observed_at_unix_ms > 0 {
+            answer.observed_at_unix_ms
+        } else {
+            now
+        }),
+    });
+    match plan.limited_by {
+        Some(l) => c.set(
+            "LimitReached",
+            true,
+            limit_reason(l),
+            format!(
+                "{} holds the plan at {} node(s); the forecast wants {}",
+                l.name(),
+                plan.planned_nodes,
+                plan.wanted_nodes
+            ),
+        ),
+        None => c.set(
+            "LimitReached",
+            false,
+            "WithinLimits",
+            "the plan is within every limit",
+        ),
+    }
+    report.gauges = Some(PolicyGauges {
+        planned_nodes: plan.planned_nodes,
+        planned_gpus: plan.planned_nodes * built.node.gpus,
+        node_gpus: built.node.gpus,
+        max_nodes: limits.max_nodes,
+        max_gpus: limits.max_gpus,
+        forecast_replicas: plan.peak_replicas,
+        at_limit: plan.limited_by.map(plan::Limit::name),
+        ..Default::default()
+    });
+
+    if ctx.dry_run {
+        tracing::info!(
+            namespace = %ns, policy = %name, peak = plan.peak_replicas, planned = plan.planned_nodes,
+            create = plan.create, remove = ?plan.remove, "dry run: plan not acted on"
+        );
+        c.set(
+            "Ready",
+            true,
+            "DryRun",
+            format!(
+                "dry run: would create {} and remove {} node(s)",
+                plan.create,
+                plan.remove.len()
+            ),
+        );
+        return Ok(resync);
+    }
+
+    // Act: hold what is needed (refreshing the mark only now and then, so the writes do not
+    // wake us in a loop), release what is not, remove what has been idle long enough, create.
+    let refresh = (scale_down / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let hold: Vec<String> = units
+        .iter()
+        .filter(|u| plan.needed.contains(&u.id))
+        .filter(|u| now - u.last_needed >= refresh.as_millis() as Millis)
+        .map(|u| u.id.clone())
+        .collect();
+    let release: Vec<String> = units
+        .iter()
+        .filter(|u| !plan.needed.contains(&u.id) && !plan.remove.contains(&u.id))
+        .map(|u| u.id.clone())
+        .collect();
+    let act = async {
+        if !hold.is_empty() {
+            provider.hold(&pref, &hold, now).await?;
+        }
+        if !release.is_empty() {
+            provider.release(&pref, &release).await?;
+        }
+        if !plan.remove.is_empty() {
+            provider.remove(&pref, &plan.remove).await?;
+            tracing::info!(namespace = %ns, policy = %name, removed = ?plan.remove, "capacity removed");
+            publish(
+                ctx,
+                policy,
+                EventType::Normal,
+                "CapacityRemoved",
+                "Remove",
+                format!(
+                    "removed {} idle node(s), unneeded for {}: {}",
+                    plan.remove.len(),
+                    spec.scale_down_after,
+                    plan.remove.join(", ")
+                ),
+            )
+            .await;
+        }
+        let mut created = Vec::new();
+        if plan.create > 0 {
+            created = provider
+                .create(
+                    &pref,
+                    &CreateRequest {
+                        count: plan.create,
+                        shape: &shape,
+                        token: token(&pref.uid, &units),
+                        now,
+                    },
+                )
+                .await?;
+            tracing::info!(
+                namespace = %ns, policy = %name, created = created.len(), peak = plan.peak_replicas,
+                "capacity created"
+            );
+            publish(
+                ctx,
+                policy,
+                EventType::Normal,
+                "CapacityCreated",
+                "Create",
+                format!(
+                    "created {} node(s) of {} for a peak of {} replica(s) within {}: {}",
+                    created.len(),
+                    built.instance_types.join("|"),
+                    plan.peak_replicas,
+                    spec.lead_time,
+                    created
+                        .iter()
+                        .map(|u| u.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .await;
+        }
+        Ok::<_, ProviderError>(created)
+    };
+    match act.await {
+        Ok(created) => {
+            report.units.retain(|u| !plan.remove.contains(&u.id));
+            report.units.extend(created);
+            c.set(
+                "Ready",
+                true,
+                "Planned",
+                format!(
+                    "planned {} node(s) for a peak of {} replica(s)",
+                    plan.planned_nodes, plan.peak_replicas
+                ),
+            );
+            Ok(resync)
+        }
+        Err(e) => {
+            c.set("Ready", false, e.reason(), e.to_string());
+            if e.retryable() {
+                Err(e.into())
+            } else {
+                Ok(resync)
+            }
+        }
+    }
+}
+
+fn limit_reason(l: plan::Limit) -> &'static str {
+    match l {
+        plan::Limit::Nodes => "MaxNodes",
+        plan::Limit::Gpus => "MaxGpus",
+        plan::Limit::HourlyCost => "MaxHourlyCost",
+    }
+}
+
+fn describe_shape(shape: &Shape, types: &[String]) -> String {
+    let mut s = format!(
+        "one pod requests {} GPU(s), {} CPU, {:.0} bytes of memory",
+        shape.gpus, shape.cpu, shape.memory
+    );
+    if !types.is_empty() {
+        s.push_str(&format!("; instance type {}", types.join("|")));
+    }
+    s
+}
+
+fn demand_answer(
+    latest: &Latest,
+) -> Result<&headroom_proto::headroom::v1::DemandResponse, (&'static str, String)> {
+    if let Some(error) = &latest.error {
+        return Err(("DemandUnavailable", error.clone()));
+    }
+    match &latest.answer {
+        Some((a, _)) => Ok(a),
+        None => Err(("WaitingForDemand", "no Demand answer yet".into())),
+    }
+}
+
+enum TargetError {
+    Kube(kube::Error),
+    Bad(&'static str, String),
+}
+
+/// The scale target's pod template and the label selector of its pods.
+async fn scale_target(
+    ctx: &Context,
+    ns: &str,
+    so: &Value,
+) -> Result<(PodTemplateSpec, BTreeMap<String, String>), TargetError> {
+    let target = &so["spec"]["scaleTargetRef"];
+    let Some(name) = target["name"].as_str() else {
+        return Err(TargetError::Bad(
+            "ScaleTargetNotFound",
+            "the ScaledObject has no spec.scaleTargetRef.name".into(),
+        ));
+    };
+    let kind = target["kind"].as_str().unwrap_or("Deployment");
+    let missing = |e: kube::Error| match e {
+        kube::Error::Api(s) if s.code == 404 => TargetError::Bad(
+            "ScaleTargetNotFound",
+            format!("{kind} {ns}/{name} (the ScaledObject's scale target) not found"),
+        ),
+        other => TargetError::Kube(other),
+    };
+    let (template, selector) = match kind {
+        "Deployment" => {
+            let d = Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+                .get(name)
+                .await
+                .map_err(missing)?;
+            let spec = d.spec.unwrap_or_default();
+            (
+                spec.template,
+                spec.selector.match_labels.unwrap_or_default(),
+            )
+        }
+        "StatefulSet" => {
+            let s = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+                .get(name)
+                .await
+                .map_err(missing)?;
+            let spec = s.spec.unwrap_or_default();
+            (
+                spec.template,
+                spec.selector.match_labels.unwrap_or_default(),
+            )
+        }
+        other => {
+            return Err(TargetError::Bad(
+                "UnsupportedScaleTarget",
+                format!("scale target kind {other} is not supported (Deployment or StatefulSet)"),
+            ));
+        }
+    };
+    Ok((template, selector))
+}
+
+fn running(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    p.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// Owned units as the planner sees them (with the pods running on each), and the workload pods
+/// placed on nodes Headroom does not own.
+fn occupancy(
+    ctx: &Context,
+    ns: &str,
+    selector: &BTreeMap<String, String>,
+    units: &[Unit],
+) -> (Vec<OwnedNode>, u32) {
+    let pods = ctx.pods.state();
+    let ours: HashSet<&str> = units
+        .iter()
+        .filter_map(|u| u.node_name.as_deref())
+        .collect();
+    let mut busy: HashMap<&str, u32> = HashMap::new();
+    let mut placed_elsewhere = 0u32;
+    for p in &pods {
+        if !running(p) {
+            continue;
+        }
+        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        let daemon = p.owner_references().iter().any(|o| o.kind == "DaemonSet");
+        if ours.contains(node) {
+            if !daemon {
+                *busy.entry(node).or_default() += 1;
+            }
+        } else if p.namespace().as_deref() == Some(ns)
+            && !selector.is_empty()
+            && selector.iter().all(|(k, v)| p.labels().get(k) == Some(v))
+        {
+            placed_elsewhere += 1;
+        }
+    }
+    let owned = units
+        .iter()
+        .map(|u| OwnedNode {
+            id: u.id.clone(),
+            ready: u.ready,
+            busy_pods: u
+                .node_name
+                .as_deref()
+                .and_then(|n| busy.get(n))
+                .copied()
+                .unwrap_or(0),
+            last_needed: u.last_needed,
+        })
+        .collect();
+    (owned, placed_elsewhere)
+}
+
+fn record_time_to_capacity(
+    ctx: &Context,
+    policy: &PolicyRef,
+    provider: &'static str,
+    units: &[Unit],
+) {
+    let mut seen = ctx
+        .recorded_ready
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for u in units {
+        if let Some(ready_at) = u.ready_at
+            && ready_at >= ctx.started_ms
+            && seen.insert(u.id.clone())
+        {
+            let secs = (ready_at - u.created_at).max(0) as f64 / 1000.0;
+            metrics::time_to_capacity(&policy.namespace, &policy.name, provider, secs);
+        }
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    policy: &PrewarmPolicy,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish an event");
+    }
+}
+
+/// Writes status (server-side apply, one field manager) and publishes a Warning event for each
+/// condition that turned bad.
+async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) -> Result<(), Error> {
+    let now = now_ms();
+    let old = policy.status.clone().unwrap_or_default();
+    let warm = report.units.iter().filter(|u| u.ready).count() as u32;
+    let in_flight = report.units.len() as u32 - warm;
+    let mut conditions = Vec::new();
+    for (kind, (ok, reason, message)) in &report.conditions.0 {
+        // LimitReached is "True" when bad; the others when good.
+        let status = if *ok { "True" } else { "False" };
+        let previous = old.conditions.iter().find(|c| c.type_ == *kind);
+        let transition = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => rfc3339(now),
+        };
+        let bad = if *kind == "LimitReached" { *ok } else { !*ok };
+        let changed = previous.is_none_or(|p| p.status != status || p.reason != *reason);
+        if bad && changed && *reason != "WaitingForDemand" {
+            publish(
+                ctx,
+                policy,
+                EventType::Warning,
+                reason,
+                kind,
+                message.clone(),
+            )
+            .await;
+        }
+        conditions.push(Condition {
+            type_: (*kind).to_string(),
+            status: status.into(),
+            reason: (*reason).into(),
+            message: message.clone(),
+            last_transition_time: transition,
+            observed_generation: policy.metadata.generation,
+        });
+    }
+    // Conditions this pass did not reach keep their last value.
+    for c in &old.conditions {
+        if !report.conditions.0.contains_key(c.type_.as_str()) {
+            conditions.push(c.clone());
+        }
+    }
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let ttc = report
+        .units
+        .iter()
+        .filter_map(|u| {
+            u.ready_at
+                .map(|r| (r, (r - u.created_at).max(0) as f64 / 1000.0))
+        })
+        .max_by_key(|(r, _)| *r)
+        .map(|(_, s)| s)
+        .or(old.observed_time_to_capacity_seconds);
+    let status = PrewarmPolicyStatus {
+        observed_generation: policy.metadata.generation,
+        desired_nodes: report.desired_nodes.unwrap_or(old.desired_nodes),
+        warm_nodes: warm,
+        in_flight_nodes: in_flight,
+        last_forecast: report.forecast.clone().or(old.last_forecast),
+        observed_time_to_capacity_seconds: ttc,
+        conditions,
+    };
+    if let Some(mut g) = report.gauges {
+        let gpus_per = g.node_gpus;
+        g.warm_nodes = warm;
+        g.in_flight_nodes = in_flight;
+        g.warm_gpus = warm * gpus_per;
+        g.in_flight_gpus = in_flight * gpus_per;
+        g.hourly_cost = report.units.iter().map(|u| u.hourly_price).sum();
+        let (ns, name) = key_of(policy);
+        metrics::policy(&ns, &name, &g);
+    }
+    let api: Api<PrewarmPolicy> =
+        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "headroom.dev/v1alpha1",
+        "kind": "PrewarmPolicy",
+        "status": status,
+    });
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// On deletion: removes everything the policy holds (not in dry-run mode), then lets it go.
+async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
+    let key = key_of(policy);
+    ctx.demand.stop(&key);
+    ctx.failures
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&key);
+    if ctx.dry_run {
+        return Ok(Action::await_change());
+    }
+    let Some(provider) = providers::for_cleanup(&ctx.client, policy) else {
+        return Ok(Action::await_change());
+    };
+    let pref = PolicyRef {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        uid: policy.uid().unwrap_or_default(),
+    };
+    let units = match provider.list(&pref).await {
+        Ok(u) => u,
+        // The kind of object it would have made does not exist (no Karpenter CRDs): nothing
+        // to remove.
+        Err(ProviderError::Missing { .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if !units.is_empty() {
+        let ids: Vec<String> = units.into_iter().map(|u| u.id).collect();
+        provider.remove(&pref, &ids).await?;
+        tracing::info!(namespace = %key.0, policy = %key.1, removed = ?ids, "policy deleted: capacity removed");
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_the_crd_pattern_allows() {
+        assert_eq!(parse_duration("3m"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5m"), Some(Duration::from_secs(90)));
+        for bad in ["", "3", "m", "3d", "-1s", "1 m"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    fn unit(id: &str) -> Unit {
+        Unit {
+            id: id.into(),
+            node_name: None,
+            instance_type: "g5.xlarge".into(),
+            ready: false,
+            created_at: 0,
+            ready_at: None,
+            last_needed: 0,
+            hourly_price: 0.0,
+        }
+    }
+
+    #[test]
+    fn tokens_repeat_for_the_same_decision_and_change_with_what_is_owned() {
+        let a = token("uid", &[unit("x"), unit("y")]);
+        assert_eq!(a, token("uid", &[unit("y"), unit("x")]));
+        assert_ne!(a, token("uid", &[unit("x")]));
+        assert_ne!(a, token("other", &[unit("x"), unit("y")]));
+        assert_eq!(a.len(), 16);
+    }
+}

@@ -1,0 +1,185 @@
+//! The capacity providers, one file per mode, and the one place that builds a policy's provider
+//! from its spec ([`for_policy`]).
+
+pub mod karpenter;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::crd::{CapacityMode, PrewarmPolicy};
+use crate::metrics;
+use crate::plan::{Millis, NodeType};
+use crate::provider::{CapacityProvider, CreateRequest, PolicyRef, ProviderError, Unit};
+use crate::shape::Shape;
+
+/// Why a policy has no provider.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ForPolicyError {
+    /// The mode's provider is not part of this build.
+    #[error("mode {0} is not available in this build of headroom-provisioner")]
+    ModeUnavailable(&'static str),
+    /// `spec.<mode>` is missing.
+    #[error("spec.{0} is required for mode: {0}")]
+    MissingParameters(&'static str),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl ForPolicyError {
+    /// CamelCase reason for conditions and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ForPolicyError::ModeUnavailable(_) => "ModeNotAvailable",
+            ForPolicyError::MissingParameters(_) => "InvalidSpec",
+            ForPolicyError::Provider(ProviderError::Missing { kind, .. }) => match *kind {
+                "NodePool" => "NodePoolNotFound",
+                _ => "NotFound",
+            },
+            ForPolicyError::Provider(e) => e.reason(),
+        }
+    }
+
+    /// Whether a retry can succeed without the policy or another object changing.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ForPolicyError::Provider(e) if e.retryable())
+    }
+}
+
+fn mode_name(mode: CapacityMode) -> &'static str {
+    match mode {
+        CapacityMode::Karpenter => "karpenter",
+        CapacityMode::Overprovision => "overprovision",
+        CapacityMode::Ec2 => "ec2",
+    }
+}
+
+/// A policy's provider, resolved for the workload's shape.
+pub struct Built {
+    pub provider: Box<dyn CapacityProvider>,
+    /// The node type plans count in.
+    pub node: NodeType,
+    /// The instance type(s) units are made of, for status and events.
+    pub instance_types: Vec<String>,
+}
+
+impl std::fmt::Debug for Built {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Built")
+            .field("provider", &self.provider.name())
+            .field("node", &self.node)
+            .field("instance_types", &self.instance_types)
+            .finish()
+    }
+}
+
+/// The provider of `policy`'s mode, with the node type it makes for `shape`. Every mode goes
+/// through here: adding a mode is one match arm.
+pub async fn for_policy(
+    client: &kube::Client,
+    policy: &PrewarmPolicy,
+    shape: &Shape,
+) -> Result<Built, ForPolicyError> {
+    match policy.spec.mode {
+        CapacityMode::Karpenter => {
+            let spec = policy
+                .spec
+                .karpenter
+                .clone()
+                .ok_or(ForPolicyError::MissingParameters("karpenter"))?;
+            let mut p = karpenter::KarpenterProvider::new(client.clone(), spec);
+            let choice = p.resolve(shape).await?;
+            Ok(Built {
+                provider: Box::new(Timed(Box::new(p))),
+                node: choice.node,
+                instance_types: choice.instance_types,
+            })
+        }
+        mode @ (CapacityMode::Overprovision | CapacityMode::Ec2) => {
+            Err(ForPolicyError::ModeUnavailable(mode_name(mode)))
+        }
+    }
+}
+
+/// The provider of `policy`'s mode for listing and removing what it holds, without resolving
+/// anything the policy names (its NodePool may be gone): for clean-up on deletion. `None` for
+/// modes not in this build (which then created nothing).
+pub fn for_cleanup(
+    client: &kube::Client,
+    policy: &PrewarmPolicy,
+) -> Option<Box<dyn CapacityProvider>> {
+    match policy.spec.mode {
+        CapacityMode::Karpenter => {
+            let spec = policy.spec.karpenter.clone()?;
+            Some(Box::new(Timed(Box::new(
+                karpenter::KarpenterProvider::new(client.clone(), spec),
+            ))))
+        }
+        CapacityMode::Overprovision | CapacityMode::Ec2 => None,
+    }
+}
+
+/// Times every call and counts its errors (`headroom_provisioner_provider_*`).
+pub struct Timed(pub Box<dyn CapacityProvider>);
+
+impl Timed {
+    fn record<T>(&self, operation: &'static str, start: Instant, r: &Result<T, ProviderError>) {
+        metrics::provider_call(
+            self.0.name(),
+            operation,
+            start.elapsed(),
+            r.as_ref().err().map(ProviderError::reason),
+        );
+    }
+}
+
+#[async_trait]
+impl CapacityProvider for Timed {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    async fn list(&self, policy: &PolicyRef) -> Result<Vec<Unit>, ProviderError> {
+        let start = Instant::now();
+        let r = self.0.list(policy).await;
+        self.record("list", start, &r);
+        r
+    }
+
+    async fn create(
+        &self,
+        policy: &PolicyRef,
+        request: &CreateRequest<'_>,
+    ) -> Result<Vec<Unit>, ProviderError> {
+        let start = Instant::now();
+        let r = self.0.create(policy, request).await;
+        self.record("create", start, &r);
+        r
+    }
+
+    async fn hold(
+        &self,
+        policy: &PolicyRef,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<(), ProviderError> {
+        let start = Instant::now();
+        let r = self.0.hold(policy, ids, now).await;
+        self.record("hold", start, &r);
+        r
+    }
+
+    async fn release(&self, policy: &PolicyRef, ids: &[String]) -> Result<(), ProviderError> {
+        let start = Instant::now();
+        let r = self.0.release(policy, ids).await;
+        self.record("release", start, &r);
+        r
+    }
+
+    async fn remove(&self, policy: &PolicyRef, ids: &[String]) -> Result<(), ProviderError> {
+        let start = Instant::now();
+        let r = self.0.remove(policy, ids).await;
+        self.record("remove", start, &r);
+        r
+    }
+}

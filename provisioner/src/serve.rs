@@ -1,0 +1,399 @@
+//! `headroom-provisioner serve`: the HTTP endpoints, leader election and the reconcile loop
+//! (only while leading), and graceful shutdown. [`start`] is also the in-process entry point of
+//! the integration tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::{self, Settings, parse_duration};
+use crate::leader::{self, LeaseConfig};
+
+/// Flags of `headroom-provisioner serve`. Every flag has an environment fallback.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "HEADROOM_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: String,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "headroom")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "HEADROOM_LEASE_NAME",
+        default_value = "headroom-provisioner"
+    )]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a Lease holds without renewal.
+    #[arg(long, env = "HEADROOM_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: String,
+    /// Plan, log and write status, but create and delete nothing.
+    #[arg(long, env = "HEADROOM_DRY_RUN")]
+    pub dry_run: bool,
+    /// How often every policy is reconciled even when nothing changed.
+    #[arg(long, env = "HEADROOM_RESYNC_INTERVAL", default_value = "10s")]
+    pub resync_interval: String,
+    /// Only policies in this namespace (default: all namespaces).
+    #[arg(long, env = "HEADROOM_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// How long shutdown waits for reconciles in progress after SIGTERM.
+    #[arg(long, env = "HEADROOM_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: String,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub metrics_addr: SocketAddr,
+    pub lease: LeaseConfig,
+    pub dry_run: bool,
+    pub resync: Duration,
+    pub watch_namespace: Option<String>,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// For tests and embedding: loopback metrics on an ephemeral port, a short lease.
+    pub fn local(identity: &str, lease_namespace: &str) -> Self {
+        Self {
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lease: LeaseConfig {
+                namespace: lease_namespace.into(),
+                name: "headroom-provisioner".into(),
+                identity: identity.into(),
+                duration: Duration::from_secs(3),
+            },
+            dry_run: false,
+            resync: Duration::from_secs(2),
+            watch_namespace: None,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "headroom-provisioner".into())
+}
+
+impl ServeArgs {
+    /// Checks every flag and reports every bad one at once.
+    pub fn validate(&self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let metrics_addr = self.metrics_addr.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(format!(
+                "--metrics-addr: {:?} is not an address like 0.0.0.0:8080",
+                self.metrics_addr
+            ));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        });
+        let mut duration = |flag: &str, v: &str, min: Duration| match parse_duration(v) {
+            Some(d) if d >= min => d,
+            _ => {
+                errors.push(format!(
+                    "--{flag}: {v:?} is not a duration of at least {min:?} like 10s or 1m"
+                ));
+                min
+            }
+        };
+        let lease_duration = duration(
+            "lease-duration",
+            &self.lease_duration,
+            Duration::from_secs(1),
+        );
+        let resync = duration(
+            "resync-interval",
+            &self.resync_interval,
+            Duration::from_millis(100),
+        );
+        let shutdown_grace = duration("shutdown-grace", &self.shutdown_grace, Duration::ZERO);
+        for (flag, v) in [
+            ("lease-namespace", &self.lease_namespace),
+            ("lease-name", &self.lease_name),
+        ] {
+            if v.is_empty() {
+                errors.push(format!("--{flag} must not be empty"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            metrics_addr,
+            lease: LeaseConfig {
+                namespace: self.lease_namespace.clone(),
+                name: self.lease_name.clone(),
+                identity: self
+                    .identity
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(host_name),
+                duration: lease_duration,
+            },
+            dry_run: self.dry_run,
+            resync,
+            watch_namespace: self.watch_namespace.clone().filter(|s| !s.is_empty()),
+            shutdown_grace,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// A running provisioner.
+#[derive(Debug)]
+pub struct Running {
+    pub metrics_addr: SocketAddr,
+    leading: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Whether this replica holds the Lease (and so acts).
+    pub fn is_leader(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Starts shutting down: stops acting, releases the Lease.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until everything stopped.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Binds the HTTP server, joins the election, and reconciles while leading. `metrics` renders
+/// /metrics; `None` serves an empty page (tests running several replicas in one process).
+pub async fn start(
+    config: Config,
+    client: kube::Client,
+    metrics: Option<PrometheusHandle>,
+) -> Result<Running, ServeError> {
+    let http = TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let metrics_addr = http.local_addr().map_err(ServeError::Http)?;
+    let shutdown = CancellationToken::new();
+    let api_ok = Arc::new(AtomicBool::new(false));
+
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = metrics.clone();
+                async move { handle.map(|h| h.render()).unwrap_or_default() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get({
+                let api_ok = api_ok.clone();
+                let shutdown = shutdown.clone();
+                move || async move {
+                    if shutdown.is_cancelled() {
+                        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                    } else if api_ok.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the API server is not reachable",
+                        )
+                    }
+                }
+            }),
+        );
+
+    // Readiness: the API server answers (checked every 5 s).
+    let probe = {
+        let client = client.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let ok = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                if api_ok.swap(ok, Ordering::Relaxed) != ok {
+                    tracing::info!(reachable = ok, "API server");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    let (lead_tx, lead_rx) = watch::channel(false);
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let election = tokio::spawn(leader::run(
+        client.clone(),
+        config.lease.clone(),
+        lead_tx,
+        shutdown.clone(),
+        async move {
+            let _ = stopped_rx.await;
+        },
+    ));
+
+    // Acts only while leading: a controller per term of leadership.
+    let acting = {
+        let mut leading = lead_rx.clone();
+        let settings = Settings {
+            dry_run: config.dry_run,
+            resync: config.resync,
+            watch_namespace: config.watch_namespace.clone(),
+            identity: config.lease.identity.clone(),
+        };
+        let grace = config.shutdown_grace;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // Dropped when this task ends: the election then releases the Lease.
+            let _stopped = stopped_tx;
+            loop {
+                // Wait to lead (or for shutdown).
+                while !*leading.borrow_and_update() {
+                    tokio::select! {
+                        r = leading.changed() => if r.is_err() { return },
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+                tracing::info!(dry_run = settings.dry_run, "leading: reconciling policies");
+                let stop = CancellationToken::new();
+                let mut run = tokio::spawn(controller::run(
+                    client.clone(),
+                    settings.clone(),
+                    stop.clone(),
+                ));
+                let mut ended = false;
+                while *leading.borrow_and_update() && !shutdown.is_cancelled() {
+                    tokio::select! {
+                        r = leading.changed() => if r.is_err() { break },
+                        () = shutdown.cancelled() => {}
+                        _ = &mut run => { ended = true; break }
+                    }
+                }
+                stop.cancel();
+                if !ended && tokio::time::timeout(grace, &mut run).await.is_err() {
+                    tracing::warn!(
+                        "reconciles still running after the grace period; stopping anyway"
+                    );
+                    run.abort();
+                }
+                tracing::info!("not leading: stopped reconciling");
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+        })
+    };
+
+    let task = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let http_shutdown = shutdown.clone();
+            let http_result = axum::serve(http, app)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                .await
+                .map_err(ServeError::Http);
+            let _ = acting.await;
+            let _ = election.await;
+            probe.abort();
+            http_result
+        })
+    };
+    tracing::info!(%metrics_addr, identity = %config.lease.identity, dry_run = config.dry_run, "serving");
+    Ok(Running {
+        metrics_addr,
+        leading: lead_rx,
+        shutdown,
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            metrics_addr: "0.0.0.0:8080".into(),
+            lease_namespace: "headroom".into(),
+            lease_name: "headroom-provisioner".into(),
+            identity: Some("pod-1".into()),
+            lease_duration: "15s".into(),
+            dry_run: false,
+            resync_interval: "10s".into(),
+            watch_namespace: None,
+            shutdown_grace: "10s".into(),
+        }
+    }
+
+    #[test]
+    fn the_default_flags_validate() {
+        let c = args().validate().unwrap();
+        assert_eq!(c.lease.duration, Duration::from_secs(15));
+        assert_eq!(c.resync, Duration::from_secs(10));
+        assert_eq!(c.lease.identity, "pod-1");
+    }
+
+    #[test]
+    fn every_bad_flag_is_reported_at_once() {
+        let mut a = args();
+        a.metrics_addr = "nope".into();
+        a.lease_duration = "0s".into();
+        a.resync_interval = "often".into();
+        a.lease_name = String::new();
+        let errors = a.validate().unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        for flag in [
+            "--metrics-addr",
+            "--lease-duration",
+            "--resync-interval",
+            "--lease-name",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(flag)),
+                "{flag}: {errors:?}"
+            );
+        }
+    }
+}
