@@ -156,7 +156,7 @@ spec:
     nodePool: {pool}
     instanceTypes:
       - {{name: g5.xlarge, gpus: 1, cpu: 3920m, memory: 14Gi, hourlyPrice: 1.006}}
-      - {{name: g5.12xlarge, gpus: 4, cpu: 47, memory: 180Gi, hourlyPrice: 5.672}}
+      - {{name: g5.12xlarge, gpus: 4, cpu: "47", memory: 180Gi, hourlyPrice: 5.672}}
 {extra}"#
     )
 }
