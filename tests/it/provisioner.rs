@@ -29,32 +29,42 @@ fn claims_api(client: &kube::Client) -> Api<DynamicObject> {
     )
 }
 
-/// The shared cluster with Karpenter's, KEDA's and Headroom's CRDs and the kwok node class.
+/// Karpenter's, KEDA's ScaledObject and Headroom's CRDs, and the kwok node class.
+fn install_crds(cluster: &KubeCluster) {
+    cluster.install_karpenter_crds().unwrap();
+    cluster
+        .apply_path(&keda_crds_dir().join("keda.sh_scaledobjects.yaml"))
+        .unwrap();
+    cluster
+        .apply_path(&repo_root().join("charts/headroom/crds/prewarmpolicies.headroom.dev.yaml"))
+        .unwrap();
+    for crd in ["scaledobjects.keda.sh", "prewarmpolicies.headroom.dev"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster
+            .kubectl(&[
+                "wait",
+                "--for=condition=established",
+                "--timeout=30s",
+                &format!("crd/{crd}"),
+            ])
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "CRD {crd} not Established");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    cluster
+        .apply(
+            "apiVersion: karpenter.kwok.sh/v1alpha1\nkind: KWOKNodeClass\nmetadata:\n  name: default\n",
+        )
+        .unwrap();
+}
+
+/// The shared cluster, with [`install_crds`] done once.
 fn cluster() -> &'static KubeCluster {
     static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let cluster = KubeCluster::shared().unwrap();
-    READY.get_or_init(|| {
-        cluster.install_karpenter_crds().unwrap();
-        cluster
-            .apply_path(&keda_crds_dir().join("keda.sh_scaledobjects.yaml"))
-            .unwrap();
-        cluster
-            .apply_path(&repo_root().join("charts/headroom/crds/prewarmpolicies.headroom.dev.yaml"))
-            .unwrap();
-        for crd in ["scaledobjects.keda.sh", "prewarmpolicies.headroom.dev"] {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while cluster
-                .kubectl(&["wait", "--for=condition=established", "--timeout=30s", &format!("crd/{crd}")])
-                .is_err()
-            {
-                assert!(Instant::now() < deadline, "CRD {crd} not Established");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        cluster
-            .apply("apiVersion: karpenter.kwok.sh/v1alpha1\nkind: KWOKNodeClass\nmetadata:\n  name: default\n")
-            .unwrap();
-    });
+    READY.get_or_init(|| install_crds(cluster));
     cluster
 }
 
@@ -721,6 +731,99 @@ async fn dry_run_plans_and_writes_status_but_creates_nothing() {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(claims_of(&client, &ns, "gpu").await.is_empty());
+    running.shutdown();
+    running.wait().await.unwrap();
+    scaler.shutdown();
+}
+
+/// End to end with the real Karpenter controller (its kwok provider) on a cluster of its own:
+/// the NodeClaims Headroom creates ahead of a spike become Ready nodes with their GPUs, before
+/// any pod exists, and the policy reports them warm with the observed time to capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn karpenter_turns_headrooms_nodeclaims_into_ready_gpu_nodes_before_any_pod_exists() {
+    let cluster = KubeCluster::start().unwrap();
+    cluster.start_karpenter(None).unwrap();
+    install_crds(&cluster);
+    let client = cluster.client().await.unwrap();
+    let ns = create_namespace(&client, "pwp-e2e").await.unwrap();
+    let pool = "gpu".to_string();
+    node_pool(&cluster, &pool);
+    let redis = RedisServer::start(&[]).unwrap();
+    let (scaler, _keda) = start_scaler(ServeConfig::local()).await.unwrap();
+    let scaler_addr = scaler.grpc_addr.to_string();
+    workload(&cluster, &ns, &scaler_addr, &redis.address(), 1);
+    cluster
+        .apply(&policy(
+            &ns,
+            "gpu",
+            "worker",
+            &pool,
+            &scaler_addr,
+            "  limits: {maxNodes: 4, maxGpus: 4}\n",
+        ))
+        .unwrap();
+    let running = provisioner(&client, &ns, "e2e", false).await;
+    let policies: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
+    wait_condition(&policies, "gpu", "DemandAvailable", "True", "Answering").await;
+
+    let t0 = Instant::now();
+    push_jobs(&redis, 4).await;
+    let warm = wait_until(
+        Duration::from_secs(120),
+        "2 warm nodes in the policy's status",
+        || {
+            let policies = policies.clone();
+            async move {
+                let s = policies.get("gpu").await?.status.unwrap_or_default();
+                anyhow::ensure!(s.warm_nodes == 2, "status: {s:?}");
+                Ok(Some(s))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\nkarpenter log:\n{}",
+            cluster.log_tail("karpenter", 40)
+        )
+    });
+    let to_warm = t0.elapsed();
+    assert_eq!(warm.in_flight_nodes, 0);
+    let ttc = warm.observed_time_to_capacity_seconds.unwrap();
+    assert!(ttc >= 0.0 && ttc < 120.0, "{ttc}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        pods.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no pod exists"
+    );
+    let claims = claims_of(&client, &ns, "gpu").await;
+    assert_eq!(claims.len(), 2);
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    for c in &claims {
+        let node = nodes
+            .get(c.data["status"]["nodeName"].as_str().unwrap())
+            .await
+            .unwrap();
+        let labels = node.metadata.labels.clone().unwrap();
+        assert_eq!(labels["node.kubernetes.io/instance-type"], "g5.xlarge");
+        assert_eq!(
+            labels["headroom.dev/policy"],
+            format!("{ns}.gpu"),
+            "Karpenter copies the owner label"
+        );
+        assert_eq!(
+            node.status.unwrap().allocatable.unwrap()["nvidia.com/gpu"].0,
+            "1"
+        );
+    }
+    eprintln!(
+        "provisioner e2e: spike -> 2 Karpenter nodes Ready and Initialized in {:.1} s (observed time to capacity {ttc:.1} s)",
+        to_warm.as_secs_f64()
+    );
     running.shutdown();
     running.wait().await.unwrap();
     scaler.shutdown();
