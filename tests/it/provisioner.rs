@@ -790,7 +790,7 @@ async fn karpenter_turns_headrooms_nodeclaims_into_ready_gpu_nodes_before_any_po
     let to_warm = t0.elapsed();
     assert_eq!(warm.in_flight_nodes, 0);
     let ttc = warm.observed_time_to_capacity_seconds.unwrap();
-    assert!(ttc >= 0.0 && ttc < 120.0, "{ttc}");
+    assert!((0.0..120.0).contains(&ttc), "{ttc}");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     assert!(
         pods.list(&Default::default())
