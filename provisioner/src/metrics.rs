@@ -162,3 +162,60 @@ pub fn reconcile(ok: bool, elapsed: Duration) {
 pub fn leader(is_leader: bool) {
     gauge!(LEADER).set(if is_leader { 1.0 } else { 0.0 });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What Prometheus scrapes carries the names and labels the dashboards query.
+    #[test]
+    fn exported_names_and_labels_are_the_contracts() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            policy(
+                "ml",
+                "gpu",
+                &PolicyGauges {
+                    warm_nodes: 2,
+                    warm_gpus: 8,
+                    max_nodes: 4,
+                    at_limit: Some("maxGpus"),
+                    ..Default::default()
+                },
+            );
+            time_to_capacity("ml", "gpu", "karpenter", 42.0);
+            provider_call(
+                "karpenter",
+                "create",
+                Duration::from_millis(5),
+                Some("Throttled"),
+            );
+            demand_error("ml", "gpu");
+            reconcile(true, Duration::from_millis(3));
+            leader(true);
+        });
+        let text = handle.render();
+        for line in [
+            r#"headroom_provisioner_warm_capacity{namespace="ml",policy="gpu",resource="nodes"} 2"#,
+            r#"headroom_provisioner_warm_capacity{namespace="ml",policy="gpu",resource="gpus"} 8"#,
+            r#"headroom_provisioner_in_flight_capacity{namespace="ml",policy="gpu",resource="nodes"} 0"#,
+            r#"headroom_provisioner_planned_capacity{namespace="ml",policy="gpu",resource="gpus"} 0"#,
+            r#"headroom_provisioner_capacity_limit{namespace="ml",policy="gpu",resource="nodes"} 4"#,
+            r#"headroom_provisioner_at_limit{namespace="ml",policy="gpu",limit="maxGpus"} 1"#,
+            r#"headroom_provisioner_at_limit{namespace="ml",policy="gpu",limit="maxNodes"} 0"#,
+            r#"headroom_provisioner_forecast_replicas{namespace="ml",policy="gpu"} 0"#,
+            r#"headroom_provisioner_hourly_cost{namespace="ml",policy="gpu"} 0"#,
+            r#"headroom_provisioner_time_to_capacity_seconds_count{namespace="ml",policy="gpu",provider="karpenter"} 1"#,
+            r#"headroom_provisioner_provider_call_duration_seconds_count{provider="karpenter",operation="create"} 1"#,
+            r#"headroom_provisioner_provider_errors_total{provider="karpenter",operation="create",reason="Throttled"} 1"#,
+            r#"headroom_provisioner_demand_errors_total{namespace="ml",policy="gpu"} 1"#,
+            r#"headroom_provisioner_reconciles_total{result="ok"} 1"#,
+            r#"headroom_provisioner_leader 1"#,
+            r#"headroom_build_info{component="provisioner",version=""#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+}
