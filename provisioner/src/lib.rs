@@ -14,4 +14,5 @@ pub mod karpenter;
 pub mod overprovision;
 pub mod plan;
 pub mod provider;
+pub mod providers;
 pub mod shape;
