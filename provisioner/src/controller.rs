@@ -498,7 +498,7 @@ async fn observe_and_act(
     };
     record_time_to_capacity(ctx, &pref, provider.name(), &units);
     report.units = units.clone();
-    let (owned, placed_elsewhere) = occupancy(ctx, &ns, &selector, &units);
+    let (owned, placed_elsewhere) = occupancy(ctx, &ns, &selector, &units, built.units_are_nodes);
 
     // Demand: an error is reported, never read as 0.
     let answer = match demand_answer(&latest) {
@@ -817,10 +817,15 @@ fn occupancy(
     ns: &str,
     selector: &BTreeMap<String, String>,
     units: &[Unit],
+    units_are_nodes: bool,
 ) -> (Vec<OwnedNode>, u32) {
     let pods = ctx.pods.state();
+    // Placeholder pods (overprovision) hold room on nodes anyone may own: workload pods on
+    // those nodes do not run "on" a placeholder, so none is ever busy and every workload pod
+    // counts as placed elsewhere.
     let ours: HashSet<&str> = units
         .iter()
+        .filter(|_| units_are_nodes)
         .filter_map(|u| u.node_name.as_deref())
         .collect();
     let mut busy: HashMap<&str, u32> = HashMap::new();

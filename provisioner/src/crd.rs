@@ -133,6 +133,15 @@ pub struct OverprovisionSpec {
     pub pause_image: String,
 }
 
+impl Default for OverprovisionSpec {
+    fn default() -> Self {
+        Self {
+            priority_class_name: default_priority_class(),
+            pause_image: default_pause_image(),
+        }
+    }
+}
+
 fn default_priority_class() -> String {
     "headroom-overprovision".into()
 }

@@ -23,9 +23,6 @@ use crate::observations::Observations;
 use crate::push::{PushHub, PushSettings};
 use crate::service::Scaler;
 use crate::sources::Backends;
-use crate::sources::aws_sqs_queue::SqsClients;
-use crate::sources::kafka::KafkaClients;
-use crate::sources::redis_conn::{RedisPool, RedisSettings};
 
 /// Flags of `headroom-scaler check`.
 #[derive(Debug, Clone, clap::Args)]
@@ -173,14 +170,8 @@ pub enum Target {
 impl Target {
     /// The scaler's own code in this process, reading the backend on every call.
     pub fn local(timeout: Duration) -> Self {
-        let backends = Arc::new(Backends {
-            redis: RedisPool::new(RedisSettings {
-                connect_timeout: timeout,
-                response_timeout: timeout,
-            }),
-            sqs: SqsClients::new(timeout),
-            kafka: KafkaClients::new(timeout),
-        });
+        // `...Secret` keys are read with the kubeconfig of whoever runs the check.
+        let backends = Arc::new(Backends::new(timeout, None));
         let observations = Arc::new(Observations::new(backends, Duration::ZERO, timeout));
         let push = PushHub::new(observations.clone(), PushSettings::default());
         Target::Local(Scaler::new(

@@ -113,7 +113,7 @@ impl Scaler {
         }
         let parsed: Vec<Result<Trigger, String>> = metadata
             .iter()
-            .map(|m| Trigger::parse(m).map_err(|e| e.to_string()))
+            .map(|m| Trigger::parse_in(m, &req.namespace).map_err(|e| e.to_string()))
             .collect();
         let lead = parsed
             .iter()

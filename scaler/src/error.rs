@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::metadata::MetadataError;
+use crate::secrets::SecretError;
 use crate::sources::SourceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,12 @@ impl Error {
                 | SourceError::Timeout { .. }
                 | SourceError::Backend { .. }
                 | SourceError::Protocol { .. } => Code::Unavailable,
+                SourceError::Secret(e) => match e {
+                    SecretError::Unavailable { .. } => Code::Unavailable,
+                    SecretError::Forbidden { .. } => Code::PermissionDenied,
+                    SecretError::NotFound { .. } | SecretError::MissingKey { .. } => Code::NotFound,
+                    SecretError::NotText { .. } => Code::FailedPrecondition,
+                },
             },
         }
     }

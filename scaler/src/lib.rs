@@ -23,6 +23,7 @@ pub mod planner;
 pub mod policy;
 pub mod push;
 pub mod schedule;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod shared_state;

@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use crate::secrets::{Credential, SECRET, SecretRef};
+
 /// Keys KEDA itself reads from an `external` / `external-push` trigger (the connection to the
 /// scaler). They reach the scaler too and are accepted without meaning anything to it — except
 /// `enableTLS` and `unsafeSsl`, which the Redis sources also read (see their docs).
@@ -135,6 +137,18 @@ pub struct Reader<'a> {
     values: BTreeMap<&'a str, &'a str>,
     read: Vec<&'a str>,
     problems: Vec<Problem>,
+    /// The ScaledObject's namespace: where `<name>/<key>` Secret references point.
+    namespace: Option<&'a str>,
+}
+
+/// Whether a credential may be given as a plain metadata value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plain {
+    /// KEDA's built-in scaler accepts it in plain metadata (Redis `password`, `username`).
+    Allowed,
+    /// Only `<key>FromEnv` or `<key>Secret`: a plain value would put the secret in the
+    /// ScaledObject for anyone who can read it.
+    Forbidden,
 }
 
 impl<'a> Reader<'a> {
@@ -148,7 +162,14 @@ impl<'a> Reader<'a> {
             values,
             read: Vec::new(),
             problems: Vec::new(),
+            namespace: None,
         }
+    }
+
+    /// Sets the ScaledObject's namespace, the default of `...Secret` references.
+    pub fn in_namespace(mut self, namespace: &'a str) -> Self {
+        self.namespace = (!namespace.is_empty()).then_some(namespace);
+        self
     }
 
     pub fn problem(&mut self, problem: Problem) {
@@ -192,12 +213,53 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Whether `key` (or its `FromEnv` form) is present, without reading it.
+    /// Whether `key` (or its `FromEnv` or `Secret` form) is present, without reading it.
     pub fn contains(&self, key: &str) -> bool {
         self.values.contains_key(key)
             || self
                 .values
                 .contains_key(format!("{key}{FROM_ENV}").as_str())
+            || self.values.contains_key(format!("{key}{SECRET}").as_str())
+    }
+
+    /// A credential: `<key>` (when `plain` allows it), `<key>FromEnv` (resolved by KEDA), or
+    /// `<key>Secret` (`<namespace>/<name>/<key>` or `<name>/<key>`, read by the scaler from the
+    /// Kubernetes API). More than one form is a conflict.
+    pub fn credential(&mut self, key: &str, plain: Plain) -> Option<Credential> {
+        let secret_key = format!("{key}{SECRET}");
+        let reference = self
+            .values
+            .get_key_value(secret_key.as_str())
+            .map(|(k, v)| (*k, *v));
+        let given = match plain {
+            Plain::Allowed => self.raw(key).map(|(k, v)| (k.to_string(), v.to_string())),
+            Plain::Forbidden => self
+                .secret_from_env(key)
+                .map(|v| (format!("{key}{FROM_ENV}"), v)),
+        };
+        let Some((k, v)) = reference else {
+            return given.map(|(_, v)| Credential::Value(v));
+        };
+        self.mark(k);
+        if let Some((other, _)) = given {
+            self.problem(Problem::Conflict {
+                keys: vec![other, k.to_string()],
+                reason: "give one or the other".into(),
+            });
+            return None;
+        }
+        match SecretRef::parse(v, self.namespace) {
+            Ok(reference) => Some(Credential::secret(k, reference)),
+            Err(why) => {
+                // A reference names where a secret is, not the secret: safe to show.
+                self.problem(Problem::Invalid {
+                    key: k.to_string(),
+                    value: Some(v.to_string()),
+                    expected: format!("a Secret reference ({why})"),
+                });
+                None
+            }
+        }
     }
 
     pub fn string(&mut self, key: &str) -> Option<String> {
@@ -337,7 +399,10 @@ impl<'a> Reader<'a> {
             .filter(|k| !self.read.contains(k))
             .collect();
         for key in unknown {
-            let base = key.strip_suffix(FROM_ENV).unwrap_or(key);
+            let base = key
+                .strip_suffix(FROM_ENV)
+                .or_else(|| key.strip_suffix(SECRET))
+                .unwrap_or(key);
             self.problems.push(Problem::Unknown {
                 key: key.into(),
                 hint: other_keys(base),
@@ -473,6 +538,80 @@ mod tests {
         r.string("password");
         let err = r.finish(&|_| None).unwrap_err();
         assert_eq!(err.keys(), vec!["password", "passwordFromEnv"]);
+    }
+
+    #[test]
+    fn credentials_come_in_three_forms_and_only_one_at_a_time() {
+        let read = |pairs: &[(&str, &str)], plain: Plain| {
+            let m = md(pairs);
+            let mut r = Reader::new(&m).in_namespace("apps");
+            let c = r.credential("password", plain);
+            (c, r.finish(&|_| None).map_err(|e| e.to_string()))
+        };
+        let (c, ok) = read(&[("password", "pw")], Plain::Allowed);
+        assert_eq!(c, Some(Credential::Value("pw".into())));
+        assert!(ok.is_ok());
+        let (c, _) = read(&[("passwordFromEnv", "pw")], Plain::Forbidden);
+        assert_eq!(c, Some(Credential::Value("pw".into())));
+        let (c, ok) = read(&[("passwordSecret", "redis-auth/pw")], Plain::Forbidden);
+        assert_eq!(
+            c,
+            Some(Credential::secret(
+                "passwordSecret",
+                SecretRef {
+                    namespace: "apps".into(),
+                    name: "redis-auth".into(),
+                    key: "pw".into(),
+                },
+            ))
+        );
+        assert!(ok.is_ok());
+        let (c, err) = read(
+            &[("passwordFromEnv", "pw"), ("passwordSecret", "a/b/c")],
+            Plain::Allowed,
+        );
+        assert_eq!(c, None);
+        let err = err.unwrap_err();
+        assert!(err.contains("`passwordFromEnv`, `passwordSecret`"), "{err}");
+        assert!(!err.contains("pw\""), "{err}");
+        let (_, err) = read(
+            &[("password", "pw"), ("passwordSecret", "a/b/c")],
+            Plain::Forbidden,
+        );
+        let err = err.unwrap_err();
+        assert!(err.contains("`password`"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_secret_reference_is_named_and_shown() {
+        let m = md(&[("passwordSecret", "only-a-name")]);
+        let mut r = Reader::new(&m);
+        assert_eq!(r.credential("password", Plain::Allowed), None);
+        let err = r.finish(&|_| None).unwrap_err();
+        assert_eq!(err.keys(), ["passwordSecret"]);
+        assert!(
+            err.to_string()
+                .contains("\"only-a-name\" is not a Secret reference"),
+            "{err}"
+        );
+        // Without the ScaledObject's namespace, `<name>/<key>` cannot be placed.
+        let m = md(&[("passwordSecret", "redis-auth/pw")]);
+        let mut r = Reader::new(&m);
+        assert_eq!(r.credential("password", Plain::Allowed), None);
+        assert!(r.finish(&|_| None).is_err());
+    }
+
+    #[test]
+    fn unread_secret_forms_get_the_hint_of_their_base_key() {
+        let m = md(&[("listNameSecret", "a/b/c")]);
+        let err = Reader::new(&m)
+            .finish(&|k| (k == "listName").then(|| "hint".to_string()))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown key `listNameSecret` (hint)"),
+            "{err}"
+        );
     }
 
     #[test]

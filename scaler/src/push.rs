@@ -157,7 +157,7 @@ impl PushHub {
         events: &str,
     ) -> Result<Option<redis::aio::PubSubStream>, SourceError> {
         let pool = &self.observations.backends().redis;
-        let mut conn = pool.connection(endpoint)?;
+        let mut conn = pool.connection(endpoint).await?;
         let config: Result<Vec<String>, _> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("notify-keyspace-events")

@@ -23,9 +23,6 @@ use crate::push::{PushHub, PushSettings};
 use crate::service::Scaler;
 use crate::shared_state::{SharedState, StateError};
 use crate::sources::Backends;
-use crate::sources::aws_sqs_queue::SqsClients;
-use crate::sources::kafka::KafkaClients;
-use crate::sources::redis_conn::{RedisPool, RedisSettings};
 
 /// Flags of `headroom-scaler serve`. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,6 +71,11 @@ pub struct ServeArgs {
     /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
     #[arg(long, env = "HEADROOM_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Kubeconfig for reading the Secrets that `...Secret` trigger keys name. Default: the
+    /// in-cluster service account, else KUBECONFIG or ~/.kube/config. The scaler talks to the
+    /// API server only once a trigger uses a `...Secret` key.
+    #[arg(long, env = "HEADROOM_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Validated server configuration.
@@ -90,6 +92,8 @@ pub struct ServeConfig {
     /// `--history-url`.
     pub history_url: Option<String>,
     pub persistent_lag_interval: Duration,
+    /// `--kubeconfig`: where `...Secret` keys are read (`None`: in-cluster or inferred).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// TLS material, read at start.
@@ -122,6 +126,7 @@ impl ServeConfig {
             tls: None,
             history_url: None,
             persistent_lag_interval: crate::service::PERSISTENT_LAG_INTERVAL,
+            kubeconfig: None,
         }
     }
 }
@@ -194,6 +199,11 @@ impl ServeArgs {
                 None
             }
         };
+        if let Some(path) = &self.kubeconfig
+            && !path.is_file()
+        {
+            errors.push(format!("--kubeconfig: {} is not a file", path.display()));
+        }
         if let Some(url) = &self.history_url
             && let Err(e) = SharedState::open(Some(url), Duration::from_secs(1))
         {
@@ -217,6 +227,7 @@ impl ServeArgs {
             tls,
             history_url: self.history_url.clone(),
             persistent_lag_interval,
+            kubeconfig: self.kubeconfig.clone(),
         })
     }
 }
@@ -307,14 +318,10 @@ pub async fn start(
     let grpc_addr = grpc.local_addr().map_err(ServeError::Http)?;
     let metrics_addr = http.local_addr().map_err(ServeError::Http)?;
 
-    let backends = Arc::new(Backends {
-        redis: RedisPool::new(RedisSettings {
-            connect_timeout: config.backend_timeout,
-            response_timeout: config.backend_timeout,
-        }),
-        sqs: SqsClients::new(config.backend_timeout),
-        kafka: KafkaClients::new(config.backend_timeout),
-    });
+    let backends = Arc::new(Backends::new(
+        config.backend_timeout,
+        config.kubeconfig.clone(),
+    ));
     let history = Arc::new(SharedState::open(
         config.history_url.as_deref(),
         config.backend_timeout,
@@ -395,6 +402,7 @@ pub async fn start(
                         let idle = Duration::from_secs(600);
                         observations.sweep(idle);
                         observations.backends().kafka.sweep(idle);
+                        observations.backends().secrets.sweep(crate::secrets::IDLE_WATCH);
                         // Planners hold a queue's learned history: kept for a day without calls
                         // (a ScaledObject paused overnight keeps its forecast).
                         scaler.plans().sweep(Duration::from_secs(86_400));
@@ -495,9 +503,11 @@ mod tests {
             tls_cert: Some("/nonexistent/cert.pem".into()),
             tls_key: None,
             tls_client_ca: None,
+            kubeconfig: Some("/nonexistent/kubeconfig".into()),
         };
         let errors = args.validate().unwrap_err();
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(errors[4].starts_with("--kubeconfig"), "{errors:?}");
         assert!(errors[0].starts_with("--grpc-addr"));
         assert!(errors[1].starts_with("--observation-ttl"));
         assert!(errors[2].starts_with("--backend-timeout"));

@@ -276,7 +276,7 @@ impl Scaler {
 
 fn parse(r: Option<&ScaledObjectRef>) -> Result<(&ScaledObjectRef, Trigger), Error> {
     let r = r.ok_or(Error::Request("request has no scaledObjectRef"))?;
-    Ok((r, Trigger::parse(&r.scaler_metadata)?))
+    Ok((r, Trigger::parse_in(&r.scaler_metadata, &r.namespace)?))
 }
 
 /// Times a call, records its metrics, and turns its error into a status.

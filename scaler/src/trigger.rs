@@ -36,9 +36,19 @@ pub struct Answer {
 }
 
 impl Trigger {
-    /// Parses a trigger's metadata, reporting every problem at once.
+    /// Parses a trigger's metadata, reporting every problem at once. `<name>/<key>` Secret
+    /// references need the ScaledObject's namespace: see [`Trigger::parse_in`].
     pub fn parse(metadata: &HashMap<String, String>) -> Result<Self, MetadataError> {
-        let mut r = Reader::new(metadata);
+        Self::parse_in(metadata, "")
+    }
+
+    /// Parses the metadata of a trigger of a ScaledObject in `namespace` (where `...Secret`
+    /// references without a namespace point).
+    pub fn parse_in(
+        metadata: &HashMap<String, String>,
+        namespace: &str,
+    ) -> Result<Self, MetadataError> {
+        let mut r = Reader::new(metadata).in_namespace(namespace);
         let kind = match r.string("source") {
             None => {
                 r.problem(Problem::Missing {

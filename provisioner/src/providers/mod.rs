@@ -2,6 +2,7 @@
 //! from its spec ([`for_policy`]).
 
 pub mod karpenter;
+pub mod overprovision;
 
 use std::time::Instant;
 
@@ -61,6 +62,10 @@ pub struct Built {
     pub node: NodeType,
     /// The instance type(s) units are made of, for status and events.
     pub instance_types: Vec<String>,
+    /// Units are nodes (NodeClaims, instances), on which workload pods run; `false` when they
+    /// are placeholder pods (overprovision), which workload pods never run "on" — they preempt
+    /// them instead.
+    pub units_are_nodes: bool,
 }
 
 impl std::fmt::Debug for Built {
@@ -93,11 +98,35 @@ pub async fn for_policy(
                 provider: Box::new(Timed(Box::new(p))),
                 node: choice.node,
                 instance_types: choice.instance_types,
+                units_are_nodes: true,
             })
         }
-        mode @ (CapacityMode::Overprovision | CapacityMode::Ec2) => {
-            Err(ForPolicyError::ModeUnavailable(mode_name(mode)))
+        CapacityMode::Overprovision => {
+            let spec = policy
+                .spec
+                .overprovision
+                .clone()
+                .unwrap_or_default();
+            // One unit is one placeholder pod holding exactly one workload pod's room: the
+            // plan's "node" is the pod shape itself, so the limits count placeholders and
+            // their GPUs.
+            let pod = shape.plan_shape();
+            Ok(Built {
+                provider: Box::new(Timed(Box::new(overprovision::OverprovisionProvider::new(
+                    client.clone(),
+                    spec,
+                )))),
+                node: NodeType {
+                    gpus: pod.gpus,
+                    cpu: pod.cpu,
+                    memory: pod.memory,
+                    hourly_price: 0.0,
+                },
+                instance_types: vec!["placeholder-pod".into()],
+                units_are_nodes: false,
+            })
         }
+        mode @ CapacityMode::Ec2 => Err(ForPolicyError::ModeUnavailable(mode_name(mode))),
     }
 }
 
@@ -115,7 +144,13 @@ pub fn for_cleanup(
                 karpenter::KarpenterProvider::new(client.clone(), spec),
             ))))
         }
-        CapacityMode::Overprovision | CapacityMode::Ec2 => None,
+        CapacityMode::Overprovision => Some(Box::new(Timed(Box::new(
+            overprovision::OverprovisionProvider::new(
+                client.clone(),
+                policy.spec.overprovision.clone().unwrap_or_default(),
+            ),
+        )))),
+        CapacityMode::Ec2 => None,
     }
 }
 

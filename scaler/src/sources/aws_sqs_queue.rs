@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -20,7 +21,8 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::{Depth, SourceError, cause};
-use crate::metadata::{Problem, Reader};
+use crate::metadata::{Plain, Problem, Reader};
+use crate::secrets::{Credential, Secrets};
 
 /// Keys of this source (each also in its `FromEnv` form, except the secrets, which only come
 /// from the environment).
@@ -89,9 +91,34 @@ pub struct AwsIdentity {
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct StaticKeys {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
+    pub access_key_id: Credential,
+    pub secret_access_key: Credential,
+    pub session_token: Option<Credential>,
+}
+
+impl StaticKeys {
+    /// The access key id, or where it is read from (an id is not a secret; it helps find
+    /// which key a refused call used).
+    fn id_label(&self) -> String {
+        match &self.access_key_id {
+            Credential::Value(id) => id.clone(),
+            Credential::Secret(k) => format!("from Secret key {}", k.reference),
+        }
+    }
+}
+
+/// [`StaticKeys`] as resolved for one client. `Debug` hides them.
+#[derive(Clone, PartialEq, Eq)]
+struct ResolvedKeys {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+}
+
+impl fmt::Debug for ResolvedKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResolvedKeys(<hidden>)")
+    }
 }
 
 impl fmt::Debug for AwsIdentity {
@@ -99,7 +126,7 @@ impl fmt::Debug for AwsIdentity {
         f.debug_struct("AwsIdentity")
             .field(
                 "access_key_id",
-                &self.static_keys.as_ref().map(|k| k.access_key_id.as_str()),
+                &self.static_keys.as_ref().map(StaticKeys::id_label),
             )
             .field("secret", &self.static_keys.as_ref().map(|_| "<hidden>"))
             .field("role_arn", &self.role_arn)
@@ -111,9 +138,11 @@ impl fmt::Display for AwsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.static_keys, &self.role_arn) {
             (None, None) => f.write_str("the scaler's identity"),
-            (Some(k), None) => write!(f, "access key {}", k.access_key_id),
+            (Some(k), None) => write!(f, "access key {}", k.id_label()),
             (None, Some(r)) => write!(f, "role {r}"),
-            (Some(k), Some(r)) => write!(f, "role {r} assumed with access key {}", k.access_key_id),
+            (Some(k), Some(r)) => {
+                write!(f, "role {r} assumed with access key {}", k.id_label())
+            }
         }
     }
 }
@@ -212,8 +241,12 @@ fn parse_identity(r: &mut Reader<'_>) -> Option<AwsIdentity> {
             false
         }
     };
-    let id_upper = r.raw("awsAccessKeyID").map(|(k, v)| (k.to_string(), v));
-    let id_lower = r.raw("awsAccessKeyId").map(|(k, v)| (k.to_string(), v));
+    let id_upper = r
+        .credential("awsAccessKeyID", Plain::Allowed)
+        .map(|c| ("awsAccessKeyID".to_string(), c));
+    let id_lower = r
+        .credential("awsAccessKeyId", Plain::Allowed)
+        .map(|c| ("awsAccessKeyId".to_string(), c));
     let access_key_id = match (id_upper, id_lower) {
         (Some((a, _)), Some((b, _))) => {
             r.problem(Problem::Conflict {
@@ -222,11 +255,11 @@ fn parse_identity(r: &mut Reader<'_>) -> Option<AwsIdentity> {
             });
             None
         }
-        (Some((k, v)), None) | (None, Some((k, v))) => Some((k, v.to_string())),
+        (Some((k, v)), None) | (None, Some((k, v))) => Some((k, v)),
         (None, None) => None,
     };
-    let secret = r.secret_from_env("awsSecretAccessKey");
-    let token = r.secret_from_env("awsSessionToken");
+    let secret = r.credential("awsSecretAccessKey", Plain::Forbidden);
+    let token = r.credential("awsSessionToken", Plain::Forbidden);
     let role_arn = r.string("awsRoleArn");
     if let Some(role) = &role_arn
         && !role.starts_with("arn:")
@@ -439,7 +472,7 @@ impl SqsQuery {
     }
 
     pub async fn read(&self, clients: &SqsClients) -> Result<Depth, SourceError> {
-        let client = clients.client(&self.client).await;
+        let client = clients.client(&self.client).await?;
         let url = if self.is_url {
             self.queue.clone()
         } else {
@@ -619,7 +652,10 @@ fn xml_field(body: &str, name: &str) -> Option<String> {
 #[derive(Debug)]
 pub struct SqsClients {
     timeout: Duration,
-    clients: tokio::sync::Mutex<HashMap<ClientKey, aws_sdk_sqs::Client>>,
+    secrets: Arc<Secrets>,
+    /// Each client with the static keys it was made with: other ones (a rotated Secret) need
+    /// a new client.
+    clients: tokio::sync::Mutex<HashMap<ClientKey, (Option<ResolvedKeys>, aws_sdk_sqs::Client)>>,
     urls: std::sync::Mutex<HashMap<SqsQuery, String>>,
 }
 
@@ -634,9 +670,16 @@ impl SqsClients {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
+            secrets: Arc::default(),
             clients: tokio::sync::Mutex::default(),
             urls: std::sync::Mutex::default(),
         }
+    }
+
+    /// Resolves `...Secret` keys through `secrets` (shared with the other sources).
+    pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Number of clients made so far.
@@ -648,17 +691,35 @@ impl SqsClients {
         self.len().await == 0
     }
 
-    async fn client(&self, key: &ClientKey) -> aws_sdk_sqs::Client {
+    async fn client(&self, key: &ClientKey) -> Result<aws_sdk_sqs::Client, SourceError> {
+        let keys = match &key.identity.static_keys {
+            None => None,
+            Some(k) => Some(ResolvedKeys {
+                access_key_id: self.secrets.resolve(&k.access_key_id).await?,
+                secret_access_key: self.secrets.resolve(&k.secret_access_key).await?,
+                session_token: self.secrets.resolve_opt(k.session_token.as_ref()).await?,
+            }),
+        };
         let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(key) {
-            return c.clone();
+        if let Some((made_with, c)) = clients.get(key)
+            && *made_with == keys
+        {
+            return Ok(c.clone());
         }
-        let client = self.build(key).await;
-        clients.insert(key.clone(), client.clone());
-        client
+        let client = self.build(key, keys.as_ref()).await;
+        if clients
+            .insert(key.clone(), (keys, client.clone()))
+            .is_some()
+        {
+            tracing::info!(
+                region = key.region,
+                "aws credentials changed; new sqs client"
+            );
+        }
+        Ok(client)
     }
 
-    async fn build(&self, key: &ClientKey) -> aws_sdk_sqs::Client {
+    async fn build(&self, key: &ClientKey, keys: Option<&ResolvedKeys>) -> aws_sdk_sqs::Client {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(key.region.clone()))
             .timeout_config(
@@ -675,7 +736,7 @@ impl SqsClients {
                     .with_initial_backoff(Duration::from_millis(50))
                     .with_max_backoff(Duration::from_millis(200)),
             );
-        if let Some(k) = &key.identity.static_keys {
+        if let Some(k) = keys {
             loader = loader.credentials_provider(Credentials::new(
                 k.access_key_id.clone(),
                 k.secret_access_key.clone(),

@@ -345,7 +345,7 @@ impl CeleryQuery {
         for q in &self.queues {
             invocation.arg(q.name.as_str());
         }
-        let mut conn = pool.connection(&self.endpoint)?;
+        let mut conn = pool.connection(&self.endpoint).await?;
         let raw: Vec<i64> = match invocation.invoke_async(&mut conn).await {
             Ok(v) => v,
             Err(e) if e.code() == Some("WRONGTYPE") => {

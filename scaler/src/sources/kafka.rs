@@ -27,10 +27,12 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use serde::{Deserialize, Serialize};
 
 use super::{Depth, SourceError, cause};
-use crate::metadata::{Problem, Reader};
+use crate::metadata::{Plain, Problem, Reader};
+use crate::secrets::{Credential, Secrets};
 use crate::shared_state::{SharedState, StateError};
 
-/// Keys of this source (each also in its `FromEnv` form; the secrets only in that form).
+/// Keys of this source (each also in its `FromEnv` form; the secrets only in that form or in
+/// their `Secret` form, which `ca`, `cert` and `username` also accept).
 pub const KEYS: &[&str] = &[
     "bootstrapServers",
     "consumerGroup",
@@ -90,16 +92,34 @@ pub struct Security {
     pub tls: bool,
     /// `unsafeSsl` (default false): skip certificate and host name verification.
     pub unsafe_ssl: bool,
-    /// `ca` / `caFromEnv`: PEM CA bundle to verify the brokers with (default: system roots).
-    pub ca: Option<String>,
-    /// `cert` / `certFromEnv`: PEM client certificate, with `keyFromEnv` (PEM private key) and
-    /// optionally `keyPasswordFromEnv`.
-    pub cert: Option<String>,
-    pub key: Option<String>,
-    pub key_password: Option<String>,
+    /// `ca` / `caFromEnv` / `caSecret`: PEM CA bundle to verify the brokers with (default:
+    /// system roots).
+    pub ca: Option<Credential>,
+    /// `cert` / `certFromEnv` / `certSecret`: PEM client certificate, with `keyFromEnv` or
+    /// `keySecret` (PEM private key) and optionally `keyPasswordFromEnv` or `keyPasswordSecret`.
+    pub cert: Option<Credential>,
+    pub key: Option<Credential>,
+    pub key_password: Option<Credential>,
     /// `sasl`: `none` (default), `plaintext` (PLAIN; `plain` also accepted), `scram_sha256`,
-    /// `scram_sha512`, with `username` / `usernameFromEnv` and `passwordFromEnv`.
-    pub sasl: Option<(Sasl, String, String)>,
+    /// `scram_sha512`, with `username` / `usernameFromEnv` / `usernameSecret` and
+    /// `passwordFromEnv` / `passwordSecret`.
+    pub sasl: Option<(Sasl, Credential, Credential)>,
+}
+
+/// [`Security`]'s credentials as resolved for one handle. `Debug` hides them.
+#[derive(Clone, PartialEq, Eq, Default)]
+struct Resolved {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    key_password: Option<String>,
+    sasl: Option<(String, String)>,
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Resolved(<hidden>)")
+    }
 }
 
 impl fmt::Debug for Security {
@@ -472,10 +492,10 @@ fn parse_security(r: &mut Reader<'_>) -> Option<Security> {
         }
     };
     let unsafe_ssl = r.bool("unsafeSsl", false);
-    let ca = r.string("ca");
-    let cert = r.string("cert");
-    let key = r.secret_from_env("key");
-    let key_password = r.secret_from_env("keyPassword");
+    let ca = r.credential("ca", Plain::Allowed);
+    let cert = r.credential("cert", Plain::Allowed);
+    let key = r.credential("key", Plain::Forbidden);
+    let key_password = r.credential("keyPassword", Plain::Forbidden);
     let mut ok = true;
     if tls {
         if cert.is_some() && key.is_none() {
@@ -515,8 +535,8 @@ fn parse_security(r: &mut Reader<'_>) -> Option<Security> {
             None
         }
     };
-    let username = r.string("username");
-    let password = r.secret_from_env("password");
+    let username = r.credential("username", Plain::Allowed);
+    let password = r.credential("password", Plain::Forbidden);
     let sasl = match mechanism {
         None => {
             if username.is_some() || password.is_some() {
@@ -627,7 +647,7 @@ impl KafkaQuery {
         clients: &KafkaClients,
         deadline: Instant,
     ) -> Result<Depth, SourceError> {
-        let handle = clients.handle(self)?;
+        let handle = clients.handle(self).await?;
         let query = self.clone();
         let read_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -1011,6 +1031,8 @@ impl ConsumerContext for Context {}
 /// One librdkafka handle.
 pub struct Handle {
     consumer: BaseConsumer<Context>,
+    /// The credentials it was made with: other ones (a rotated Secret) need a new handle.
+    made_with: Resolved,
     timeout: Duration,
     /// When a read last used it, for [`KafkaClients::sweep`].
     last_used: Mutex<Instant>,
@@ -1099,6 +1121,7 @@ impl Handle {
 #[derive(Debug)]
 pub struct KafkaClients {
     timeout: Duration,
+    secrets: Arc<Secrets>,
     handles: Mutex<HashMap<(Cluster, String), Arc<Handle>>>,
 }
 
@@ -1113,8 +1136,15 @@ impl KafkaClients {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
+            secrets: Arc::default(),
             handles: Mutex::default(),
         }
+    }
+
+    /// Resolves `...Secret` keys through `secrets` (shared with the other sources).
+    pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Number of handles made so far.
@@ -1148,17 +1178,38 @@ impl KafkaClients {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn handle(&self, q: &KafkaQuery) -> Result<Arc<Handle>, SourceError> {
+    async fn resolve(&self, s: &Security) -> Result<Resolved, SourceError> {
+        let secrets = &self.secrets;
+        let sasl = match &s.sasl {
+            None => None,
+            Some((_, user, password)) => Some((
+                secrets.resolve(user).await?,
+                secrets.resolve(password).await?,
+            )),
+        };
+        Ok(Resolved {
+            ca: secrets.resolve_opt(s.ca.as_ref()).await?,
+            cert: secrets.resolve_opt(s.cert.as_ref()).await?,
+            key: secrets.resolve_opt(s.key.as_ref()).await?,
+            key_password: secrets.resolve_opt(s.key_password.as_ref()).await?,
+            sasl,
+        })
+    }
+
+    async fn handle(&self, q: &KafkaQuery) -> Result<Arc<Handle>, SourceError> {
+        let resolved = self.resolve(&q.cluster.security).await?;
         let key = (q.cluster.clone(), q.group.clone());
         let mut handles = self.lock();
-        if let Some(h) = handles.get(&key) {
+        if let Some(h) = handles.get(&key)
+            && h.made_with == resolved
+        {
             *h.last_used
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
             return Ok(h.clone());
         }
         let consumer: BaseConsumer<Context> = self
-            .config(q)
+            .config(q, &resolved)
             .create_with_context(Context::default())
             .map_err(|e| SourceError::Backend {
                 endpoint: q.label(),
@@ -1167,14 +1218,20 @@ impl KafkaClients {
             })?;
         let h = Arc::new(Handle {
             consumer,
+            made_with: resolved,
             timeout: self.timeout,
             last_used: Mutex::new(Instant::now()),
         });
-        handles.insert(key, h.clone());
+        if handles.insert(key, h.clone()).is_some() {
+            tracing::info!(
+                endpoint = q.label(),
+                "kafka credentials changed; new client"
+            );
+        }
         Ok(h)
     }
 
-    fn config(&self, q: &KafkaQuery) -> ClientConfig {
+    fn config(&self, q: &KafkaQuery, resolved: &Resolved) -> ClientConfig {
         let ms = |d: Duration| d.as_millis().max(1).to_string();
         let s = &q.cluster.security;
         let mut c = ClientConfig::new();
@@ -1206,22 +1263,22 @@ impl KafkaClients {
             (true, true) => "sasl_ssl",
         };
         c.set("security.protocol", protocol);
-        if let Some((mechanism, user, password)) = &s.sasl {
+        if let (Some((mechanism, _, _)), Some((user, password))) = (&s.sasl, &resolved.sasl) {
             c.set("sasl.mechanism", mechanism.mechanism())
                 .set("sasl.username", user)
                 .set("sasl.password", password);
         }
         if s.tls {
-            if let Some(ca) = &s.ca {
+            if let Some(ca) = &resolved.ca {
                 c.set("ssl.ca.pem", ca);
             }
-            if let Some(cert) = &s.cert {
+            if let Some(cert) = &resolved.cert {
                 c.set("ssl.certificate.pem", cert);
             }
-            if let Some(key) = &s.key {
+            if let Some(key) = &resolved.key {
                 c.set("ssl.key.pem", key);
             }
-            if let Some(pw) = &s.key_password {
+            if let Some(pw) = &resolved.key_password {
                 c.set("ssl.key.password", pw);
             }
             if s.unsafe_ssl {

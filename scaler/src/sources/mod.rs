@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metadata::Reader;
+use crate::secrets::{SecretError, Secrets};
 
 /// How much work a queue holds, as read at one instant.
 ///
@@ -260,12 +261,38 @@ pub enum WatchSpec {
     Poll,
 }
 
-/// Clients shared by all sources, one set per backend kind.
-#[derive(Debug, Default)]
+/// Clients shared by all sources, one set per backend kind, and the Secrets that `...Secret`
+/// keys name (shared by the three).
+#[derive(Debug)]
 pub struct Backends {
     pub redis: redis_conn::RedisPool,
     pub sqs: aws_sqs_queue::SqsClients,
     pub kafka: kafka::KafkaClients,
+    pub secrets: Arc<Secrets>,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(2), None)
+    }
+}
+
+impl Backends {
+    /// Clients bounded by `timeout` (connecting, and each call); `kubeconfig` is where
+    /// `...Secret` keys are read (`None`: in-cluster, or the standard kubeconfig inference).
+    pub fn new(timeout: Duration, kubeconfig: Option<std::path::PathBuf>) -> Self {
+        let secrets = Arc::new(Secrets::new(kubeconfig, timeout));
+        Self {
+            redis: redis_conn::RedisPool::new(redis_conn::RedisSettings {
+                connect_timeout: timeout,
+                response_timeout: timeout,
+            })
+            .with_secrets(secrets.clone()),
+            sqs: aws_sqs_queue::SqsClients::new(timeout).with_secrets(secrets.clone()),
+            kafka: kafka::KafkaClients::new(timeout).with_secrets(secrets.clone()),
+            secrets,
+        }
+    }
 }
 
 /// The cause of a source error: any error, shared so that one failed read can answer many
@@ -318,6 +345,9 @@ pub enum SourceError {
     },
     #[error("{endpoint} answered something unexpected: {detail}")]
     Protocol { endpoint: String, detail: String },
+    /// A `...Secret` key could not be resolved (names the key and the Secret, never a value).
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 impl SourceError {
@@ -331,6 +361,7 @@ impl SourceError {
             SourceError::WrongType { .. } => "wrong_type",
             SourceError::Backend { .. } => "backend",
             SourceError::Protocol { .. } => "protocol",
+            SourceError::Secret(_) => "secret",
         }
     }
 }

@@ -13,9 +13,11 @@ use redis::{
 };
 
 use super::SourceError;
-use crate::metadata::{Problem, Reader};
+use crate::metadata::{Plain, Problem, Reader};
+use crate::secrets::{Credential, Secrets};
 
-/// The connection keys every Redis source accepts (each also in its `FromEnv` form).
+/// The connection keys every Redis source accepts (each also in its `FromEnv` form;
+/// `username` and `password` also in their `Secret` form).
 pub const CONNECTION_KEYS: &[&str] = &[
     "url",
     "address",
@@ -36,8 +38,10 @@ pub struct RedisEndpoint {
     pub port: u16,
     /// `databaseIndex`, default 0.
     pub db: i64,
-    pub username: Option<String>,
-    pub password: Option<String>,
+    /// `username` / `usernameFromEnv` / `usernameSecret`.
+    pub username: Option<Credential>,
+    /// `password` / `passwordFromEnv` / `passwordSecret`.
+    pub password: Option<Credential>,
     /// `enableTLS` (or a `rediss://` URL).
     pub tls: bool,
     /// `unsafeSsl`: skip certificate verification (TLS only).
@@ -51,7 +55,7 @@ impl fmt::Debug for RedisEndpoint {
             .field("port", &self.port)
             .field("db", &self.db)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password", &self.password)
             .field("tls", &self.tls)
             .field("insecure", &self.insecure)
             .finish()
@@ -81,8 +85,8 @@ impl RedisEndpoint {
         let db = r
             .raw("databaseIndex")
             .map(|(k, v)| (k.to_string(), v.to_string()));
-        let username = r.string("username");
-        let password = r.string("password");
+        let username = r.credential("username", Plain::Allowed);
+        let password = r.credential("password", Plain::Allowed);
         let enable_tls = r.bool("enableTLS", false);
         let insecure = r.bool("unsafeSsl", false);
 
@@ -175,7 +179,7 @@ impl RedisEndpoint {
         }
     }
 
-    fn connection_info(&self) -> Result<ConnectionInfo, RedisError> {
+    fn connection_info(&self, login: &Login) -> Result<ConnectionInfo, RedisError> {
         let addr = if self.tls {
             ConnectionAddr::TcpTls {
                 host: self.host.clone(),
@@ -187,10 +191,10 @@ impl RedisEndpoint {
             ConnectionAddr::Tcp(self.host.clone(), self.port)
         };
         let mut redis = RedisConnectionInfo::default().set_db(self.db);
-        if let Some(u) = &self.username {
+        if let Some(u) = &login.username {
             redis = redis.set_username(u);
         }
-        if let Some(p) = &self.password {
+        if let Some(p) = &login.password {
             redis = redis.set_password(p);
         }
         Ok(addr.into_connection_info()?.set_redis_settings(redis))
@@ -237,8 +241,12 @@ fn from_url(r: &mut Reader<'_>, url: &str) -> Option<RedisEndpoint> {
             .to_string(),
         port,
         db: settings.db(),
-        username: settings.username().map(str::to_string),
-        password: settings.password().map(str::to_string),
+        username: settings
+            .username()
+            .map(|u| Credential::Value(u.to_string())),
+        password: settings
+            .password()
+            .map(|p| Credential::Value(p.to_string())),
         tls,
         insecure,
     })
@@ -287,12 +295,31 @@ impl Default for RedisSettings {
     }
 }
 
+/// The credentials of an endpoint as resolved for one connection. `Debug` hides them.
+#[derive(Clone, PartialEq, Eq, Default)]
+struct Login {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Login(<hidden>)")
+    }
+}
+
 /// One multiplexed, auto-reconnecting connection per endpoint. A [`ConnectionManager`]
 /// pipelines concurrent commands over one socket, so it serves as the pool.
+///
+/// A connection remembers the credentials it was made with: when a `...Secret` key resolves
+/// to other values (a rotated password), the next use replaces it with a connection made with
+/// the new ones (an authenticated socket would otherwise go on working until it drops, then
+/// fail to reconnect with the old password).
 #[derive(Debug)]
 pub struct RedisPool {
     settings: RedisSettings,
-    managers: Mutex<HashMap<RedisEndpoint, ConnectionManager>>,
+    secrets: Arc<Secrets>,
+    managers: Mutex<HashMap<RedisEndpoint, (Login, ConnectionManager)>>,
 }
 
 impl Default for RedisPool {
@@ -306,22 +333,43 @@ impl RedisPool {
         crate::install_crypto_provider();
         Self {
             settings,
+            secrets: Arc::default(),
             managers: Mutex::default(),
         }
     }
 
+    /// Resolves `...Secret` keys through `secrets` (shared with the other sources).
+    pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    async fn login(&self, endpoint: &RedisEndpoint) -> Result<Login, SourceError> {
+        Ok(Login {
+            username: self.secrets.resolve_opt(endpoint.username.as_ref()).await?,
+            password: self.secrets.resolve_opt(endpoint.password.as_ref()).await?,
+        })
+    }
+
     /// The connection for `endpoint`, created lazily: the first command connects, and a
-    /// dropped connection is re-established in the background.
-    pub fn connection(&self, endpoint: &RedisEndpoint) -> Result<ConnectionManager, SourceError> {
+    /// dropped connection is re-established in the background. Resolves the endpoint's
+    /// `...Secret` keys first (from the cache of watched Secrets).
+    pub async fn connection(
+        &self,
+        endpoint: &RedisEndpoint,
+    ) -> Result<ConnectionManager, SourceError> {
+        let login = self.login(endpoint).await?;
         let mut managers = self
             .managers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(m) = managers.get(endpoint) {
+        if let Some((made_with, m)) = managers.get(endpoint)
+            && *made_with == login
+        {
             return Ok(m.clone());
         }
         let client = endpoint
-            .connection_info()
+            .connection_info(&login)
             .and_then(redis::Client::open)
             .map_err(|e| classify(endpoint, e))?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -331,7 +379,12 @@ impl RedisPool {
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| classify(endpoint, e))?;
-        managers.insert(endpoint.clone(), manager.clone());
+        if managers
+            .insert(endpoint.clone(), (login, manager.clone()))
+            .is_some()
+        {
+            tracing::info!(%endpoint, "redis credentials changed; reconnecting");
+        }
         Ok(manager)
     }
 
@@ -340,8 +393,9 @@ impl RedisPool {
         &self,
         endpoint: &RedisEndpoint,
     ) -> Result<redis::aio::PubSub, SourceError> {
+        let login = self.login(endpoint).await?;
         let client = endpoint
-            .connection_info()
+            .connection_info(&login)
             .and_then(redis::Client::open)
             .map_err(|e| classify(endpoint, e))?;
         let connect = client.get_async_pubsub();
@@ -419,15 +473,15 @@ mod tests {
         assert_eq!(ep.port, 6390);
         assert_eq!(ep.db, 2);
         assert!(ep.tls && ep.insecure);
-        assert_eq!(ep.username.as_deref(), Some("u"));
-        assert_eq!(ep.password.as_deref(), Some("p@ss"));
+        assert_eq!(ep.username, Some(Credential::Value("u".into())));
+        assert_eq!(ep.password, Some(Credential::Value("p@ss".into())));
         let ep = parse(&[
             ("addressFromEnv", "a:1"),
             ("passwordFromEnv", "pw"),
             ("enableTLS", "true"),
         ])
         .unwrap();
-        assert_eq!(ep.password.as_deref(), Some("pw"));
+        assert_eq!(ep.password, Some(Credential::Value("pw".into())));
         assert!(ep.tls && !ep.insecure);
     }
 
@@ -450,6 +504,33 @@ mod tests {
             ["databaseIndex"]
         );
         assert!(parse(&[]).unwrap_err().contains(&"address".to_string()));
+    }
+
+    #[test]
+    fn credentials_may_name_a_secret() {
+        let ep = parse(&[
+            ("address", "a:1"),
+            ("usernameSecret", "queues/redis-auth/user"),
+            ("passwordSecret", "queues/redis-auth/password"),
+        ])
+        .unwrap();
+        let k = ep
+            .password
+            .as_ref()
+            .and_then(Credential::secret_key)
+            .unwrap();
+        assert_eq!(k.metadata_key, "passwordSecret");
+        assert_eq!(k.reference.to_string(), "queues/redis-auth/password");
+        assert!(ep.username.as_ref().is_some_and(Credential::is_secret));
+        assert_eq!(
+            parse(&[
+                ("address", "a:1"),
+                ("password", "x"),
+                ("passwordSecret", "a/b/c")
+            ])
+            .unwrap_err(),
+            ["password", "passwordSecret"]
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ return {t, -1}
 
 impl RedisListQuery {
     pub async fn read(&self, pool: &RedisPool) -> Result<Depth, SourceError> {
-        let mut conn = pool.connection(&self.endpoint)?;
+        let mut conn = pool.connection(&self.endpoint).await?;
         let (kind, len): (String, i64) = LENGTH_BY_TYPE
             .key(&self.key)
             .invoke_async(&mut conn)
