@@ -229,23 +229,33 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
     let pod_map = in_namespace;
     let stop_signal = stop.clone();
     let cleanup_ctx = ctx.clone();
+    // Pods stay cluster-wide: any pod on a node we own keeps it busy.
+    let ns_scope = settings.watch_namespace.clone();
+    let (so_api, deploy_api, sts_api) = match &ns_scope {
+        Some(ns) => (
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &scaled_object_resource()),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<StatefulSet>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<DynamicObject>::all_with(client.clone(), &scaled_object_resource()),
+            Api::<Deployment>::all(client.clone()),
+            Api::<StatefulSet>::all(client.clone()),
+        ),
+    };
     Controller::for_stream(policy_stream, policy_reader)
         .watches_with(
-            Api::<DynamicObject>::all_with(client.clone(), &scaled_object_resource()),
+            so_api,
             scaled_object_resource(),
             watcher::Config::default(),
             move |so| so_map(so.namespace()),
         )
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-            move |d| deploy_map(d.namespace()),
-        )
-        .watches(
-            Api::<StatefulSet>::all(client.clone()),
-            watcher::Config::default(),
-            move |s| sts_map(s.namespace()),
-        )
+        .watches(deploy_api, watcher::Config::default(), move |d| {
+            deploy_map(d.namespace())
+        })
+        .watches(sts_api, watcher::Config::default(), move |s| {
+            sts_map(s.namespace())
+        })
         .watches_stream(pods_stream, move |p: Pod| pod_map(p.namespace()))
         .watches_with(
             Api::<DynamicObject>::all_with(
@@ -387,8 +397,15 @@ async fn observe_and_act(
     let so_api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &ns, &scaled_object_resource());
     let so = match so_api.get_opt(so_name).await {
-        Ok(Some(so)) => so,
-        Ok(None) | Err(kube::Error::Api(_)) => {
+        Ok(Some(so)) => Some(so),
+        Ok(None) => None,
+        // Also when KEDA's CRD is not installed: no ScaledObject either way.
+        Err(kube::Error::Api(s)) if s.code == 404 => None,
+        Err(e) => return Err(e.into()),
+    };
+    let so = match so {
+        Some(so) => so,
+        None => {
             ctx.demand.stop(&key);
             c.set(
                 "ShapeResolved",
@@ -399,7 +416,6 @@ async fn observe_and_act(
             c.set("Ready", false, "ScaledObjectNotFound", "nothing to follow");
             return Ok(resync);
         }
-        Err(e) => return Err(e.into()),
     };
     let so_value = serde_json::to_value(&so).unwrap_or(Value::Null);
     let (template, selector) = match scale_target(ctx, &ns, &so_value).await {

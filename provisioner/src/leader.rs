@@ -57,8 +57,9 @@ pub async fn run(
             Ok(false) => last_renew = None,
             Err(e) => {
                 tracing::warn!(error = %e, "lease renewal failed");
-                // Keep leading only while the Lease we hold cannot have expired.
-                if last_renew.is_some_and(|t| t.elapsed() >= config.duration) {
+                // Stop leading at two thirds of the duration without a renewal (client-go's
+                // renew deadline), before another replica can see the Lease expire.
+                if last_renew.is_some_and(|t| t.elapsed() >= config.duration * 2 / 3) {
                     last_renew = None;
                 }
             }
