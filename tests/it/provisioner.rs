@@ -828,3 +828,85 @@ async fn karpenter_turns_headrooms_nodeclaims_into_ready_gpu_nodes_before_any_po
     running.wait().await.unwrap();
     scaler.shutdown();
 }
+
+/// `mode: overprovision` through the controller: a spike scales the policy's placeholder
+/// Deployment to the replicas the forecast wants, shaped like the workload's pods; demand gone,
+/// the placeholders go after scaleDownAfter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overprovision_mode_scales_placeholders_shaped_like_the_workload_and_back() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let cluster = cluster();
+    let client = cluster.client().await.unwrap();
+    let ns = create_namespace(&client, "pwp-over").await.unwrap();
+    let redis = RedisServer::start(&[]).unwrap();
+    let mut scaler_config = ServeConfig::local();
+    scaler_config.observation_ttl = Duration::from_millis(100);
+    let (scaler, _keda) = start_scaler(scaler_config).await.unwrap();
+    let scaler_addr = scaler.grpc_addr.to_string();
+    workload(cluster, &ns, &scaler_addr, &redis.address(), 1);
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: headroom.dev/v1alpha1
+kind: PrewarmPolicy
+metadata:
+  name: warm
+  namespace: {ns}
+spec:
+  scaledObjectRef: {{name: worker}}
+  demandAddress: "{scaler_addr}"
+  leadTime: 3m
+  scaleDownAfter: 5s
+  mode: overprovision
+  limits: {{maxNodes: 10, maxGpus: 10}}
+"#
+        ))
+        .unwrap();
+    let policies: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
+    let _running = provisioner(&client, &ns, "replica-over", false).await;
+    wait_condition(&policies, "warm", "DemandAvailable", "True", "Answering").await;
+
+    // 6 jobs, 2 per replica: 3 replicas wanted, none running, so 3 placeholders.
+    push_jobs(&redis, 6).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let placeholder = wait_until(WAIT, "placeholder Deployment at 3 replicas", || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get_opt("warm-headroom").await?;
+            Ok(d.filter(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(3)))
+        }
+    })
+    .await
+    .unwrap();
+    let pod = placeholder.spec.unwrap().template.spec.unwrap();
+    let requests = pod.containers[0]
+        .resources
+        .as_ref()
+        .unwrap()
+        .requests
+        .clone()
+        .unwrap();
+    let quantity = |k: &str| headroom_provisioner::shape::parse_quantity(&requests[k].0);
+    assert_eq!(quantity("nvidia.com/gpu"), Some(1.0));
+    assert_eq!(quantity("cpu"), Some(3.0));
+    assert_eq!(quantity("memory"), Some(12.0 * 1024.0 * 1024.0 * 1024.0));
+    assert_eq!(
+        pod.node_selector.unwrap()["headroom.dev/pool"],
+        "gpu",
+        "the workload's node selector is copied"
+    );
+    assert!(pod.priority_class_name.is_some());
+
+    // Demand gone: after scaleDownAfter the placeholders are scaled away.
+    clear_jobs(&redis).await;
+    wait_until(Duration::from_secs(60), "placeholders scaled to 0", || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("warm-headroom").await?;
+            Ok((d.spec.and_then(|s| s.replicas) == Some(0)).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+}

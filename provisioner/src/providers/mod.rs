@@ -102,11 +102,7 @@ pub async fn for_policy(
             })
         }
         CapacityMode::Overprovision => {
-            let spec = policy
-                .spec
-                .overprovision
-                .clone()
-                .unwrap_or_default();
+            let spec = policy.spec.overprovision.clone().unwrap_or_default();
             // One unit is one placeholder pod holding exactly one workload pod's room: the
             // plan's "node" is the pod shape itself, so the limits count placeholders and
             // their GPUs.
