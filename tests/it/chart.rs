@@ -97,7 +97,7 @@ fn cluster() -> &'static KubeCluster {
                 "crd/prewarmpolicies.headroom.dev",
             ],
         );
-        let namespaces: String = ["headroom", "ml", "etl", "monitoring"]
+        let namespaces: String = ["headroom", "ml", "etl", "media", "monitoring"]
             .iter()
             .map(|n| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {n}\n---\n"))
             .collect();
@@ -253,6 +253,85 @@ fn a_real_apiserver_accepts_every_rendered_object_in_a_server_side_dry_run() {
             accepted,
             want.len(),
             "rendered/{name}.yaml: every object accepted:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn examples_are_valid_against_the_keda_and_prewarmpolicy_crds() {
+    let cluster = cluster();
+    for example in ["celery", "sqs", "kafka"] {
+        let dir = repo_root().join("examples").join(example);
+        for file in [
+            "scaledobject.yaml",
+            "scaledobject-planned.yaml",
+            "prewarmpolicy.yaml",
+        ] {
+            let path = dir.join(file);
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let out = cluster
+                .kubectl(&["apply", "--dry-run=server", "-f", path.to_str().unwrap()])
+                .unwrap_or_else(|e| panic!("examples/{example}/{file}: {e:#}"));
+            assert_eq!(
+                out.lines()
+                    .filter(|l| l.contains("(server dry run)"))
+                    .count(),
+                objects(&text).len(),
+                "examples/{example}/{file}: {out}"
+            );
+        }
+        // The policy follows the planned ScaledObject, in its namespace.
+        let so: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(dir.join("scaledobject-planned.yaml")).unwrap(),
+        )
+        .unwrap();
+        let policy: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("prewarmpolicy.yaml")).unwrap())
+                .unwrap();
+        assert_eq!(
+            policy["spec"]["scaledObjectRef"]["name"], so["metadata"]["name"],
+            "examples/{example}"
+        );
+        assert_eq!(
+            policy["metadata"]["namespace"], so["metadata"]["namespace"],
+            "examples/{example}"
+        );
+    }
+}
+
+/// The planned examples' triggers are what the scaler accepts (parsed by its own metadata
+/// parser, as every RPC does), in planned mode with a schedule.
+#[test]
+fn planned_example_triggers_parse_as_planned_mode_with_a_schedule() {
+    use headroom_scaler::check::triggers_from_yaml;
+    use headroom_scaler::trigger::Trigger;
+    for example in ["celery", "sqs", "kafka"] {
+        let path = repo_root()
+            .join("examples")
+            .join(example)
+            .join("scaledobject-planned.yaml");
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        // What KEDA would resolve from the worker's environment.
+        let env = |k: &str| {
+            Some(match k {
+                "REDIS_ADDRESS" => "redis.ml.svc:6379".to_string(),
+                "QUEUE_URL" => "https://sqs.eu-west-1.amazonaws.com/123456789012/transcode".into(),
+                _ => "secret".to_string(),
+            })
+        };
+        let inputs = triggers_from_yaml(&yaml, &env).unwrap();
+        assert_eq!(inputs.len(), 1, "examples/{example}");
+        let input = &inputs[0];
+        let trigger =
+            Trigger::parse(&input.metadata).unwrap_or_else(|e| panic!("examples/{example}: {e}"));
+        assert!(
+            trigger.planned().is_some(),
+            "examples/{example} is in planned mode"
+        );
+        assert!(
+            input.metadata.contains_key("schedule"),
+            "examples/{example} declares a schedule"
         );
     }
 }
