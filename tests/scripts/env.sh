@@ -55,17 +55,22 @@ unset _headroom_env_dir
 #   HEADROOM_KARPENTER_HOME  karpenter-<v>/crds/*.yaml (karpenter.sh and the kwok provider's)
 #   HEADROOM_KWOK_HOME       kwok-<v>/bin/kwok and kwok-<v>/stages.yaml (kwok's "fast" stages)
 #   HEADROOM_HELM_HOME       helm-<v>/bin/helm
+#   HEADROOM_PROMETHEUS_OPERATOR_HOME  prometheus-operator-<v>/crds/*.yaml (tests/k8s/monitoring.env;
+#                            tests/scripts/install-prometheus.sh fetches them with Debian's prometheus)
 set -a
 # shellcheck source=tests/k8s/versions.env
 . "$HEADROOM_ROOT/tests/k8s/versions.env"
+# shellcheck source=tests/k8s/monitoring.env
+. "$HEADROOM_ROOT/tests/k8s/monitoring.env"
 set +a
 HEADROOM_K8S_HOME="$HEADROOM_CACHE/kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION"
 HEADROOM_KEDA_HOME="$HEADROOM_CACHE/keda-$KEDA_VERSION"
 HEADROOM_KARPENTER_HOME="$HEADROOM_CACHE/karpenter-$KARPENTER_VERSION"
 HEADROOM_KWOK_HOME="$HEADROOM_CACHE/kwok-$KWOK_VERSION"
 HEADROOM_HELM_HOME="$HEADROOM_CACHE/helm-$HELM_VERSION"
+HEADROOM_PROMETHEUS_OPERATOR_HOME="$HEADROOM_CACHE/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
 export HEADROOM_K8S_HOME HEADROOM_KEDA_HOME HEADROOM_KARPENTER_HOME HEADROOM_KWOK_HOME \
-    HEADROOM_HELM_HOME
+    HEADROOM_HELM_HOME HEADROOM_PROMETHEUS_OPERATOR_HOME
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     for _headroom_var in HEADROOM_ROOT HEADROOM_CACHE HEADROOM_CELERY_VERSION \
@@ -73,7 +78,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
         HEADROOM_KAFKA_VERSION HEADROOM_KAFKA_HOME HEADROOM_MOTO_VERSION HEADROOM_MOTO_VENV\
         KUBERNETES_VERSION ETCD_VERSION KEDA_VERSION KARPENTER_VERSION KWOK_VERSION HELM_VERSION \
         HEADROOM_K8S_HOME HEADROOM_KEDA_HOME HEADROOM_KARPENTER_HOME HEADROOM_KWOK_HOME \
-        HEADROOM_HELM_HOME; do
+        HEADROOM_HELM_HOME PROMETHEUS_OPERATOR_VERSION HEADROOM_PROMETHEUS_OPERATOR_HOME; do
         printf '%s=%s\n' "$_headroom_var" "${!_headroom_var}"
     done
     unset _headroom_var

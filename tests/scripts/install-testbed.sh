@@ -90,3 +90,6 @@ fi
 
 # --- SQS and Kafka peers, and what rdkafka needs to build -----------------
 bash "$here/install-brokers.sh"
+
+# --- Prometheus (+ promtool) and prometheus-operator's CRDs, for the chart and dashboard tests ---
+bash "$here/install-prometheus.sh"

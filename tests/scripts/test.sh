@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/scripts/test.sh - the README's test command: the whole suite on a fresh machine.
 #
-# Installs the test bed (Debian redis-server, Celery in a virtualenv under ~/.cache/headroom; the
+# Installs the test bed (Debian redis-server and prometheus, Celery in a virtualenv under ~/.cache/headroom; the
 # Kubernetes test bed, built from the Go module proxy by install-k8s.sh only when missing: Go
 # builds of about half an hour CPU on a cold machine, well under a second when cached), then runs
 # formatting, lints, every unit, property and integration test against the real peers (Redis,

@@ -10,6 +10,7 @@
 //!   built from KEDA's proto.
 //! - [`kube`]: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager,
 //!   scheduler, kwok fake nodes) and optionally KEDA, from `tests/scripts/k8s-up.sh`.
+//! - [`prometheus`]: Debian's Prometheus (and promtool), and prometheus-operator's CRDs.
 
 // Test support: failing loudly on a broken test bed is its job.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -32,6 +33,7 @@ use headroom_scaler::server::{Running, ServeConfig, start};
 use tonic::transport::Channel;
 
 pub mod kube;
+pub mod prometheus;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
