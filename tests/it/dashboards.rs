@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use headroom_integration::prometheus::{Prometheus, http_get, promtool};
-use headroom_integration::{Celery, RedisServer, free_port, md, repo_root};
+use headroom_integration::{Celery, RedisServer, free_port, md, repo_root, workspace_bin};
 use headroom_proto::externalscaler::external_scaler_client::ExternalScalerClient;
 use headroom_proto::externalscaler::{GetMetricsRequest, ScaledObjectRef};
 use headroom_proto::headroom::v1::demand_client::DemandClient;
@@ -30,18 +30,6 @@ use tonic::transport::Channel;
 const NEEDS_HISTORY: &[&str] = &["headroom_scaler_forecast_error_ratio"];
 
 /// A workspace binary, built once per name (as tests/it/server.rs does for the scaler).
-fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", package, "--bin", bin])
-        .current_dir(repo_root())
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "cargo build -p {package} --bin {bin}");
-    // target/<profile>/deps/<test> -> target/<profile>/<bin>
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join(bin)
-}
-
 /// A child process killed on drop, its output in a log file.
 struct Proc {
     child: Child,
@@ -334,7 +322,7 @@ async fn keda_poll(c: &mut ExternalScalerClient<Channel>, r: &ScaledObjectRef) {
 async fn scaler_dashboard_and_alerts_query_metrics_the_running_scaler_exports() {
     // Keyspace events on: push activation follows them (and times their detection).
     let redis = RedisServer::start(&["--notify-keyspace-events", "Kl"]).unwrap();
-    let bin = workspace_bin("headroom-scaler", "headroom-scaler");
+    let bin = workspace_bin("headroom-scaler");
     let (grpc, metrics) = (free_port(), free_port());
     let mut scaler = Proc::start(
         Command::new(bin)
@@ -519,7 +507,7 @@ async fn provisioner_dashboard_and_alerts_query_metrics_the_running_provisioner_
     let redis = RedisServer::start(&["--notify-keyspace-events", "Kl"]).unwrap();
     let (grpc, scaler_metrics) = (free_port(), free_port());
     let mut scaler = Proc::start(
-        Command::new(workspace_bin("headroom-scaler", "headroom-scaler"))
+        Command::new(workspace_bin("headroom-scaler"))
             .arg("serve")
             .arg(format!("--grpc-addr=127.0.0.1:{grpc}"))
             .arg(format!("--metrics-addr=127.0.0.1:{scaler_metrics}")),
@@ -576,16 +564,13 @@ async fn provisioner_dashboard_and_alerts_query_metrics_the_running_provisioner_
 
     let metrics = free_port();
     let mut provisioner = Proc::start(
-        Command::new(workspace_bin(
-            "headroom-provisioner",
-            "headroom-provisioner",
-        ))
-        .arg("serve")
-        .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
-        .args(["--lease-namespace", "default", "--identity", "dash-test"])
-        .args(["--resync-interval", "1s"])
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("HEADROOM_LOG_FORMAT", "json"),
+        Command::new(workspace_bin("headroom-provisioner"))
+            .arg("serve")
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
+            .args(["--lease-namespace", "default", "--identity", "dash-test"])
+            .args(["--resync-interval", "1s"])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("HEADROOM_LOG_FORMAT", "json"),
         std::env::temp_dir().join(format!("headroom-dash-provisioner-{metrics}.log")),
     );
     provisioner.wait_http(&format!("http://127.0.0.1:{metrics}/readyz"), "");

@@ -16,31 +16,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// The `headroom-scaler` binary, built once.
-fn scaler_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "headroom-scaler",
-                "--bin",
-                "headroom-scaler",
-            ])
-            .current_dir(repo_root())
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/<test> -> target/<profile>/headroom-scaler
-        exe.parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("headroom-scaler")
-    })
+/// The `headroom-scaler` binary.
+fn scaler_bin() -> PathBuf {
+    workspace_bin("headroom-scaler")
 }
 
 #[tokio::test]

@@ -29,7 +29,10 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test (unit, property, integration against real Redis and Celery)"
+step "cargo build (the binaries the tests run)"
+cargo build --workspace --bins --locked
+
+step "cargo test (unit, property, integration against real peers)"
 cargo test --workspace --locked --no-fail-fast
 
 step "quickstart (README command 1) runs end to end"

@@ -282,6 +282,36 @@ pub fn celery_python() -> &'static Path {
     })
 }
 
+/// A binary of the workspace (`headroom-scaler`, `headroom-provisioner`), for tests that run the
+/// real program. Built once per test process with exactly the command `tests/scripts/test.sh`
+/// runs before the tests (`cargo build --workspace --bins`), so there it only checks freshness;
+/// run alone, a test builds what changed. Building one package alone (`-p`) would resolve
+/// features differently and compile a second copy of many dependencies.
+pub fn workspace_bin(bin: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "--workspace", "--bins"])
+            .current_dir(repo_root())
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("cargo build --workspace --bins failed ({status})"))
+        }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>/<bin>
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps")
+        .join(bin)
+}
+
 /// Installs the SQS and Kafka peers (and the build dependencies of the clients) once per test
 /// process.
 pub fn install_brokers() {
