@@ -18,6 +18,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    headroom_provisioner::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => match headroom_provisioner::crd::crd_yaml() {
