@@ -1024,7 +1024,7 @@ async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error>
     if ctx.dry_run {
         return Ok(Action::await_change());
     }
-    let Some(provider) = providers::for_cleanup(&ctx.client, policy) else {
+    let Some(provider) = providers::for_cleanup(&ctx.client, policy).await else {
         return Ok(Action::await_change());
     };
     let pref = PolicyRef {

@@ -73,11 +73,28 @@ struct Pod {
 
 #[derive(Debug, Clone)]
 struct Node {
+    /// Stable across removals (indices are not).
+    id: u64,
     ready_at: f64,
     used: u32,
     pause: u32,
     spot: bool,
     empty_since: Option<f64>,
+    /// Created by the provisioner (a Headroom NodeClaim): Karpenter never consolidates it (it
+    /// is held with `karpenter.sh/do-not-disrupt`); only the provisioner removes it.
+    owned: bool,
+    /// Owned nodes: the last time a plan counted the node as needed, seconds.
+    last_needed: f64,
+}
+
+/// What the provisioner sees of one node it owns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OwnedView {
+    pub id: u64,
+    pub ready: bool,
+    /// Workload pods bound to it (starting or running).
+    pub busy_pods: u32,
+    pub last_needed: f64,
 }
 
 /// Pods and nodes, advanced one second at a time.
@@ -89,8 +106,7 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// Placeholder (pause) pods wanted, and how many are bound.
     pause_wanted: u32,
-    /// Nodes the capacity planner holds (never consolidated below this count).
-    held_nodes: u32,
+    next_id: u64,
     pending_since: Option<f64>,
     pub node_seconds: f64,
     pub cost: f64,
@@ -107,7 +123,7 @@ impl Cluster {
             pods: Vec::new(),
             nodes: Vec::new(),
             pause_wanted: 0,
-            held_nodes: 0,
+            next_id: 0,
             pending_since: None,
             node_seconds: 0.0,
             cost: 0.0,
@@ -136,9 +152,84 @@ impl Cluster {
         self.pause_wanted = n;
     }
 
-    /// Sets the nodes a capacity planner wants up (prewarmed), launched now if missing.
-    pub fn set_held_nodes(&mut self, n: u32) {
-        self.held_nodes = n;
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    /// The nodes the provisioner created and still holds.
+    pub fn owned(&self, now: f64) -> Vec<OwnedView> {
+        self.nodes
+            .iter()
+            .filter(|n| n.owned)
+            .map(|n| OwnedView {
+                id: n.id,
+                ready: n.ready_at <= now,
+                busy_pods: n.used,
+                last_needed: n.last_needed,
+            })
+            .collect()
+    }
+
+    /// Workload pods that need no node of the provisioner's: bound to a node Karpenter launched
+    /// for them, or pending with such a node booting for them (Karpenter has nominated them).
+    pub fn placed_elsewhere(&self, now: f64) -> u32 {
+        let g = self.cfg.gpus_per_node;
+        let bound = self
+            .pods
+            .iter()
+            .filter(|p| p.node.is_some_and(|k| !self.nodes[k].owned))
+            .count() as u32;
+        let pending = self
+            .pods
+            .iter()
+            .filter(|p| p.state == PodState::Pending)
+            .count() as u32;
+        let booting_free: u32 = self
+            .nodes
+            .iter()
+            .filter(|n| !n.owned && n.ready_at > now)
+            .map(|n| g.saturating_sub(n.used + n.pause))
+            .sum();
+        bound + pending.min(booting_free)
+    }
+
+    /// The provisioner creates `n` nodes now (NodeClaims: they boot like any other node).
+    pub fn create_owned(&mut self, now: f64, n: u32) {
+        for _ in 0..n {
+            self.launch(now);
+            if let Some(node) = self.nodes.last_mut() {
+                node.owned = true;
+                node.last_needed = now;
+            }
+        }
+    }
+
+    /// The provisioner's `hold`: these owned nodes are needed at `now`.
+    pub fn hold(&mut self, ids: &[u64], now: f64) {
+        for n in self
+            .nodes
+            .iter_mut()
+            .filter(|n| n.owned && ids.contains(&n.id))
+        {
+            n.last_needed = now;
+        }
+    }
+
+    /// The provisioner's `remove`: deletes the named owned nodes that are idle (a pod that
+    /// landed since the plan keeps its node). Returns how many went.
+    pub fn remove_owned(&mut self, ids: &[u64]) -> u32 {
+        let mut removed = 0;
+        for id in ids {
+            if let Some(k) = self
+                .nodes
+                .iter()
+                .position(|n| n.owned && n.id == *id && n.used == 0)
+            {
+                self.remove_node(k);
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Scales the workload to `n` pods: new pods start Pending; removal takes pending pods
@@ -178,12 +269,16 @@ impl Cluster {
             .rng
             .uniform(self.cfg.pull_seconds.0, self.cfg.pull_seconds.1);
         let spot = self.rng.f64() < self.cfg.spot_share;
+        self.next_id += 1;
         self.nodes.push(Node {
+            id: self.next_id,
             ready_at: now + self.cfg.launch_delay_seconds + boot + pull,
             used: 0,
             pause: 0,
             spot,
             empty_since: None,
+            owned: false,
+            last_needed: now,
         });
     }
 
@@ -296,26 +391,21 @@ impl Cluster {
         } else {
             self.pending_since = None;
         }
-        // A capacity planner's floor (prewarmed nodes).
-        while (self.nodes.len() as u32) < self.held_nodes {
-            self.launch(now);
-        }
-        // Consolidation of empty ready nodes, never below the held floor.
+        // Consolidation of empty ready nodes, except the provisioner's (held from disruption;
+        // it removes them itself).
         let after = self.cfg.consolidate_after_seconds;
-        let mut alive = self.nodes.len() as u32;
         let mut k = 0;
         while k < self.nodes.len() {
             let n = &mut self.nodes[k];
-            let empty = n.ready_at <= now && n.used == 0 && n.pause == 0;
+            let empty = !n.owned && n.ready_at <= now && n.used == 0 && n.pause == 0;
             if !empty {
                 n.empty_since = None;
                 k += 1;
                 continue;
             }
             let since = *n.empty_since.get_or_insert(now);
-            if now - since >= after && alive > self.held_nodes {
+            if now - since >= after {
                 self.remove_node(k);
-                alive -= 1;
             } else {
                 k += 1;
             }
@@ -517,5 +607,49 @@ mod tests {
         }
         assert_eq!(c.nodes(), 0);
         assert!(c.node_seconds > 2.0 * 170.0);
+    }
+
+    #[test]
+    fn the_provisioners_nodes_stay_until_it_removes_them_and_busy_ones_stay_then_too() {
+        let mut c = Cluster::new(ClusterConfig {
+            boot_seconds: (10.0, 10.0),
+            pull_seconds: (0.0, 0.0),
+            launch_delay_seconds: 0.0,
+            ..ClusterConfig::default()
+        });
+        c.create_owned(0.0, 2);
+        let mut t = 0.0;
+        // Empty and ready for far longer than consolidateAfter: Karpenter leaves them alone.
+        while t < 200.0 {
+            c.step(t, 0.0);
+            t += 1.0;
+        }
+        assert_eq!(c.nodes(), 2);
+        assert!(c.owned(t).iter().all(|n| n.ready && n.busy_pods == 0));
+        // A pod lands on one; the provisioner asks to remove both: only the idle one goes.
+        c.scale_to(1);
+        c.step(t, 0.0);
+        assert_eq!(c.placed_elsewhere(t), 0);
+        let ids: Vec<u64> = c.owned(t).iter().map(|n| n.id).collect();
+        assert_eq!(c.remove_owned(&ids), 1);
+        let left = c.owned(t);
+        assert_eq!((left.len(), left[0].busy_pods), (1, 1));
+        // Held: last_needed moves.
+        c.hold(&[left[0].id], 500.0);
+        assert_eq!(c.owned(t)[0].last_needed, 500.0);
+    }
+
+    #[test]
+    fn pods_karpenter_is_launching_for_count_as_placed_elsewhere() {
+        let mut c = Cluster::new(ClusterConfig {
+            launch_delay_seconds: 0.0,
+            ..ClusterConfig::default()
+        });
+        c.scale_to(3);
+        c.step(0.0, 0.0);
+        // Three nodes booting for three pending pods.
+        assert_eq!((c.nodes(), c.placed_elsewhere(1.0)), (3, 3));
+        c.scale_to(5);
+        assert_eq!(c.placed_elsewhere(1.0), 3);
     }
 }

@@ -14,6 +14,7 @@ use headroom_scaler::policy::PolicyConfig;
 use headroom_scaler::schedule::{Schedule, instant};
 
 use crate::cluster::{Cluster, ClusterConfig, Hpa, Keda};
+use crate::prewarm::{Prewarm, PrewarmSettings, PrewarmStats};
 use crate::trace::Trace;
 
 /// One trace with the workload's shape and what its users would declare.
@@ -37,6 +38,8 @@ pub struct Scenario {
     pub warm_pool: u32,
     /// Headroom's `drainSeconds`.
     pub drain_seconds: f64,
+    /// The PrewarmPolicy of `headroom+prewarm`.
+    pub prewarm: PrewarmSettings,
 }
 
 /// The policies compared.
@@ -72,29 +75,6 @@ impl PolicyKind {
             PolicyKind::HeadroomPrewarm => "headroom+prewarm",
             PolicyKind::Oracle => "oracle",
         }
-    }
-}
-
-/// Where a capacity planner (the provisioner's `plan()`, later) plugs in: how many nodes to
-/// hold up at `now`, given what the scaler's planner knows. The simulator launches missing
-/// nodes at once and never consolidates below the answer.
-pub trait CapacityPlan {
-    fn nodes_wanted(&mut self, now: f64, planner: &Planner, node_lead: f64) -> u32;
-}
-
-/// A stand-in until the provisioner lands: hold as many nodes as the largest replica need the
-/// scaler forecasts over the next node lead time (boot + pull + start).
-#[derive(Debug, Default)]
-pub struct ForecastFloor;
-
-impl CapacityPlan for ForecastFloor {
-    fn nodes_wanted(&mut self, now: f64, planner: &Planner, node_lead: f64) -> u32 {
-        planner
-            .forecast(now, node_lead, 60.0)
-            .iter()
-            .map(|(_, r)| *r)
-            .max()
-            .unwrap_or(0)
     }
 }
 
@@ -168,6 +148,8 @@ pub struct RunResult {
     pub series: Vec<(f64, f64, u32, u32, u32)>,
     /// Forecast error at the lead time (Headroom's), when it was on.
     pub forecast_mape: Option<(f64, f64)>,
+    /// What the provisioner did (`headroom+prewarm`).
+    pub prewarm: Option<PrewarmStats>,
 }
 
 struct Workload {
@@ -255,7 +237,7 @@ enum Control {
         keda: Keda,
         hpa: Hpa,
         planner: Box<Planner>,
-        plan: Option<Box<dyn CapacityPlan + Send>>,
+        prewarm: Option<Prewarm>,
     },
     Oracle {
         /// Replicas wanted per second (precomputed from the future).
@@ -352,8 +334,8 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
             keda: Keda::new(30.0),
             hpa: Hpa::new(false, sc.max_replicas),
             planner: Box::new(Planner::new(planned_config(sc, lead))),
-            plan: (policy == PolicyKind::HeadroomPrewarm)
-                .then(|| Box::new(ForecastFloor) as Box<dyn CapacityPlan + Send>),
+            prewarm: (policy == PolicyKind::HeadroomPrewarm)
+                .then(|| Prewarm::new(sc.prewarm.clone(), lead, sc.max_replicas)),
         },
         PolicyKind::Oracle => Control::Oracle {
             wanted: oracle_wanted(sc, lead),
@@ -399,7 +381,7 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
                 keda,
                 hpa,
                 planner,
-                plan,
+                prewarm,
             } => {
                 let waiting = work.waiting.round() as u64;
                 let in_flight = work.in_service.round() as u64;
@@ -427,9 +409,10 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
                     let value = f64::from(planner.desired_now(t));
                     r = hpa.sync(t, r, &[(value, 1.0)]);
                 }
-                if let Some(p) = plan {
-                    let nodes = p.nodes_wanted(t, planner, lead);
-                    cluster.set_held_nodes(nodes.div_ceil(cl.gpus_per_node.max(1)));
+                // The provisioner acts before the new pods exist, as the controller does on a
+                // Demand answer.
+                if let Some(p) = prewarm {
+                    p.reconcile(t, planner, &mut cluster);
                 }
                 r
             }
@@ -454,11 +437,16 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
             sample_arrivals = 0.0;
         }
     }
-    let forecast_mape = match &control {
-        Control::Headroom { planner, .. } => planner
-            .forecast_error()
-            .and_then(|e| Some((e.total?.mape, e.total_naive_day?.mape))),
-        _ => None,
+    let (forecast_mape, prewarm) = match &control {
+        Control::Headroom {
+            planner, prewarm, ..
+        } => (
+            planner
+                .forecast_error()
+                .and_then(|e| Some((e.total?.mape, e.total_naive_day?.mape))),
+            prewarm.as_ref().map(|p| p.stats),
+        ),
+        _ => (None, None),
     };
     RunResult {
         scenario: sc.name.clone(),
@@ -470,6 +458,7 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
         waits: work.waits,
         series,
         forecast_mape,
+        prewarm,
     }
 }
 
@@ -496,6 +485,7 @@ mod tests {
             counters: false,
             warm_pool: 2,
             drain_seconds: 60.0,
+            prewarm: PrewarmSettings::default(),
         }
     }
 
@@ -525,5 +515,52 @@ mod tests {
         assert!(r.waits.quantile(0.99) <= 2.0, "{}", r.waits.quantile(0.99));
         let k = run(&sc, PolicyKind::KedaDefaults, &ClusterConfig::default());
         assert!(k.waits.quantile(0.9) > 60.0, "{}", k.waits.quantile(0.9));
+    }
+
+    /// Quiet for half an hour, then 0.5 jobs/s (5 busy pods at S = 10 s).
+    fn cold_start() -> Scenario {
+        let mut sc = steady(0.0, 3600);
+        for a in &mut sc.trace.arrivals[1800..] {
+            *a = 0.5;
+        }
+        sc
+    }
+
+    #[test]
+    fn prewarmed_gpus_serve_the_first_jobs_while_planned_mode_alone_waits_for_nodes() {
+        let mut sc = cold_start();
+        sc.prewarm.min_warm_gpus = 6;
+        let cl = ClusterConfig::default();
+        let warm = run(&sc, PolicyKind::HeadroomPrewarm, &cl);
+        let cold = run(&sc, PolicyKind::Headroom, &cl);
+        // Warm: the pod starts (20 s) on a node that is already up. Cold: boot + pull first.
+        assert!(
+            warm.waits.quantile(0.95) <= 60.0,
+            "{}",
+            warm.waits.quantile(0.95)
+        );
+        assert!(
+            cold.waits.quantile(0.95) > 300.0,
+            "{}",
+            cold.waits.quantile(0.95)
+        );
+        let stats = warm.prewarm.unwrap();
+        assert!(
+            stats.nodes_created >= 6 && stats.plan_errors == 0,
+            "{stats:?}"
+        );
+    }
+
+    #[test]
+    fn the_provisioner_never_holds_more_than_its_limits() {
+        let mut sc = cold_start();
+        sc.prewarm.min_warm_gpus = 6;
+        sc.prewarm.max_nodes = Some(3);
+        let r = run(&sc, PolicyKind::HeadroomPrewarm, &ClusterConfig::default());
+        let stats = r.prewarm.unwrap();
+        assert_eq!(stats.max_owned, 3, "{stats:?}");
+        assert!(stats.plans_at_limit > 0, "{stats:?}");
+        // Karpenter still launches nodes for the pods beyond the limit: the work gets done.
+        assert!(r.left < 20.0, "{}", r.left);
     }
 }

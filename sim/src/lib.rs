@@ -8,11 +8,13 @@
 //! - [`scenarios`]: shipped and real traces with their workload shapes and declarations;
 //! - [`cluster`]: KEDA, the HPA, pods, nodes, consolidation, prices;
 //! - [`engine`]: the queue, the policies, one run;
+//! - [`prewarm`]: the provisioner's real `plan()` driving nodes ahead of demand;
 //! - [`report`]: table, CSV, JSON, SVG, the targets.
 
 pub mod cluster;
 pub mod engine;
 pub mod generate;
+pub mod prewarm;
 pub mod report;
 pub mod rng;
 pub mod scenarios;

@@ -12,6 +12,7 @@ use headroom_scaler::forecast::{BacktestReport, DEFAULT_BIN_SECONDS, backtest};
 use headroom_scaler::schedule::Schedule;
 use headroom_sim::cluster::ClusterConfig;
 use headroom_sim::engine::{PolicyKind, Scenario};
+use headroom_sim::prewarm::PrewarmSettings;
 use headroom_sim::report::{self, Row};
 use headroom_sim::scenarios;
 use headroom_sim::trace::{Format, Trace, parse_csv};
@@ -114,6 +115,22 @@ struct RunArgs {
     spot_share: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// `headroom+prewarm`'s PrewarmPolicy: `scaleDownAfter` in seconds (idle capacity the
+    /// provisioner created goes after this long unneeded).
+    #[arg(long, default_value_t = 600.0)]
+    scale_down_after: f64,
+    /// `headroom+prewarm`: `minWarmGpus`, idle GPUs kept on top of the forecast.
+    #[arg(long, default_value_t = 0)]
+    min_warm_gpus: u32,
+    /// `headroom+prewarm`: `limits.maxNodes` (default: what `--max-replicas` pods need).
+    #[arg(long)]
+    max_nodes: Option<u32>,
+    /// `headroom+prewarm`: `limits.maxGpus` (default: what `--max-replicas` pods need).
+    #[arg(long)]
+    max_gpus: Option<u32>,
+    /// `headroom+prewarm`: `limits.maxHourlyCost` in $/hour (priced at `--on-demand-price`).
+    #[arg(long)]
+    max_hourly_cost: Option<f64>,
     /// Comma-separated subset of policies.
     #[arg(long, value_delimiter = ',')]
     policies: Vec<String>,
@@ -266,6 +283,17 @@ fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
     if a.gpus_per_node == 0 {
         bad.push("--gpus-per-node: must be ≥ 1".into());
     }
+    if !(a.scale_down_after.is_finite() && a.scale_down_after >= 0.0) {
+        bad.push(format!(
+            "--scale-down-after: {} is not a number of seconds ≥ 0",
+            a.scale_down_after
+        ));
+    }
+    if let Some(c) = a.max_hourly_cost
+        && !(c.is_finite() && c >= 0.0)
+    {
+        bad.push(format!("--max-hourly-cost: {c} is not a number ≥ 0"));
+    }
     if !bad.is_empty() {
         return Err(bad);
     }
@@ -283,11 +311,23 @@ fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
     })
 }
 
+fn prewarm_settings(a: &RunArgs) -> PrewarmSettings {
+    PrewarmSettings {
+        scale_down_after_seconds: a.scale_down_after,
+        min_warm_gpus: a.min_warm_gpus,
+        max_nodes: a.max_nodes,
+        max_gpus: a.max_gpus,
+        max_hourly_cost: a.max_hourly_cost,
+        ..PrewarmSettings::default()
+    }
+}
+
 fn run(a: &RunArgs) -> ExitCode {
     let cluster = match cluster_config(a) {
         Ok(c) => c,
         Err(bad) => return fail(bad.join("\n  ")),
     };
+    let prewarm = prewarm_settings(a);
     let mut policies = Vec::new();
     for p in &a.policies {
         match PolicyKind::ALL.iter().find(|k| k.name() == p.as_str()) {
@@ -327,6 +367,7 @@ fn run(a: &RunArgs) -> ExitCode {
                 counters: false,
                 warm_pool: a.warm_pool,
                 drain_seconds: a.drain_seconds,
+                prewarm: prewarm.clone(),
             }]
         }
         Ok(None) => {
@@ -339,6 +380,9 @@ fn run(a: &RunArgs) -> ExitCode {
                     Ok(r) => v.extend(r),
                     Err(e) => return fail(e),
                 }
+            }
+            for sc in &mut v {
+                sc.prewarm = prewarm.clone();
             }
             v
         }
@@ -384,6 +428,11 @@ fn run(a: &RunArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     print!("{}", report::table(&rows));
+    if policies.contains(&PolicyKind::Headroom) && policies.contains(&PolicyKind::HeadroomPrewarm) {
+        println!();
+        println!("Prewarming (headroom → headroom+prewarm):");
+        print!("{}", report::prewarm_effect(&rows));
+    }
     println!();
     println!("Targets (issue 4), Headroom without prewarmed nodes:");
     for sc in &scenarios {

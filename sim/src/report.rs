@@ -82,6 +82,54 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// Prewarming's effect per trace: `headroom` (planned mode alone; Karpenter launches nodes
+/// for the pods it creates) against `headroom+prewarm` (the same plus the provisioner's
+/// `plan()` creating nodes ahead of the pods), wait and cost side by side.
+pub fn prewarm_effect(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:>15} {:>15} {:>17} {:>21} {:>8}",
+        "trace", "p95 s", "p99 s", "≤30 s", "cost $", "cost Δ"
+    );
+    let mut traces: Vec<&str> = Vec::new();
+    for r in rows {
+        if !traces.contains(&r.trace.as_str()) {
+            traces.push(&r.trace);
+        }
+    }
+    for trace in traces {
+        let get = |p: PolicyKind| {
+            rows.iter()
+                .find(|r| r.trace == trace && r.policy == p.name())
+        };
+        let (Some(h), Some(w)) = (get(PolicyKind::Headroom), get(PolicyKind::HeadroomPrewarm))
+        else {
+            continue;
+        };
+        let delta = if h.cost_usd > 0.0 {
+            format!("{:+.1}%", (w.cost_usd / h.cost_usd - 1.0) * 100.0)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:>6.0} → {:>6.0} {:>6.0} → {:>6.0} {:>6.1}% → {:>6.1}% {:>9.2} → {:>9.2} {:>8}",
+            trace,
+            h.wait_p95_s,
+            w.wait_p95_s,
+            h.wait_p99_s,
+            w.wait_p99_s,
+            h.within_30s * 100.0,
+            w.within_30s * 100.0,
+            h.cost_usd,
+            w.cost_usd,
+            delta
+        );
+    }
+    out
+}
+
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
         "trace,policy,jobs,wait_p50_s,wait_p95_s,wait_p99_s,within_30s,gpu_node_hours,cost_usd,idle_gpu_hours,forecast_mape,naive_mape\n",

@@ -42,6 +42,7 @@ fn scenario(name: &str, trace: Trace, service: f64, concurrency: u32, max: u32) 
         counters: false,
         warm_pool: 2,
         drain_seconds: 60.0,
+        prewarm: crate::prewarm::PrewarmSettings::default(),
     }
 }
 

@@ -34,13 +34,23 @@ fn bad_flags_are_all_reported_at_once() {
     let out = sim()
         .arg("--trace")
         .arg(&p)
-        .args(["--boot-min", "100", "--boot-max", "50", "--spot-share", "2"])
+        .args([
+            "--boot-min",
+            "100",
+            "--boot-max",
+            "50",
+            "--spot-share",
+            "2",
+            "--scale-down-after=-5",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--boot-min") && err.contains("--spot-share"),
+        err.contains("--boot-min")
+            && err.contains("--spot-share")
+            && err.contains("--scale-down-after"),
         "{err}"
     );
     let out = sim()

@@ -5,7 +5,8 @@
 //! - [`Celery`]: real Celery producers and workers, through `tests/python/celery_tool.py` in the
 //!   virtualenv that `tests/scripts/install-testbed.sh` builds (installed on first use).
 //! - [`sqs::SqsServer`]: moto's SQS server; [`kafka::KafkaBroker`]: Apache Kafka (KRaft), both
-//!   installed by `tests/scripts/install-brokers.sh` on first use.
+//!   installed by `tests/scripts/install-brokers.sh` on first use; [`ec2::Ec2Server`]: moto's
+//!   EC2 behind a fault-injecting proxy (spot capacity errors, throttling).
 //! - [`start_scaler`]: the scaler's own server in this process, on a real TCP port, and a client
 //!   built from KEDA's proto.
 //! - [`kube`]: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager,
@@ -15,6 +16,7 @@
 // Test support: failing loudly on a broken test bed is its job.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod ec2;
 pub mod kafka;
 pub mod sqs;
 

@@ -1,6 +1,7 @@
 //! The capacity providers, one file per mode, and the one place that builds a policy's provider
 //! from its spec ([`for_policy`]).
 
+pub mod ec2;
 pub mod karpenter;
 pub mod overprovision;
 
@@ -44,14 +45,6 @@ impl ForPolicyError {
     /// Whether a retry can succeed without the policy or another object changing.
     pub fn retryable(&self) -> bool {
         matches!(self, ForPolicyError::Provider(e) if e.retryable())
-    }
-}
-
-fn mode_name(mode: CapacityMode) -> &'static str {
-    match mode {
-        CapacityMode::Karpenter => "karpenter",
-        CapacityMode::Overprovision => "overprovision",
-        CapacityMode::Ec2 => "ec2",
     }
 }
 
@@ -122,14 +115,38 @@ pub async fn for_policy(
                 units_are_nodes: false,
             })
         }
-        mode @ CapacityMode::Ec2 => Err(ForPolicyError::ModeUnavailable(mode_name(mode))),
+        CapacityMode::Ec2 => {
+            let spec = policy
+                .spec
+                .ec2
+                .as_ref()
+                .ok_or(ForPolicyError::MissingParameters("ec2"))?;
+            // Plans count nodes of the most preferred type that holds a pod; the fleet may
+            // fall back to the others (in order), which hold at least one pod each.
+            let types = ec2::fitting_types(&spec.instance_types, shape)?;
+            let preferred = types[0];
+            let node = NodeType {
+                gpus: preferred.gpus,
+                cpu: crate::shape::parse_quantity(&preferred.cpu).unwrap_or(0.0),
+                memory: crate::shape::parse_quantity(&preferred.memory).unwrap_or(0.0),
+                hourly_price: preferred.hourly_price.unwrap_or(0.0).max(0.0),
+            };
+            let instance_types = types.iter().map(|t| t.name.clone()).collect();
+            let provider = ec2::Ec2Provider::new(spec).await?;
+            Ok(Built {
+                provider: Box::new(Timed(Box::new(provider))),
+                node,
+                instance_types,
+                units_are_nodes: true,
+            })
+        }
     }
 }
 
 /// The provider of `policy`'s mode for listing and removing what it holds, without resolving
 /// anything the policy names (its NodePool may be gone): for clean-up on deletion. `None` for
 /// modes not in this build (which then created nothing).
-pub fn for_cleanup(
+pub async fn for_cleanup(
     client: &kube::Client,
     policy: &PrewarmPolicy,
 ) -> Option<Box<dyn CapacityProvider>> {
@@ -146,7 +163,13 @@ pub fn for_cleanup(
                 policy.spec.overprovision.clone().unwrap_or_default(),
             ),
         )))),
-        CapacityMode::Ec2 => None,
+        CapacityMode::Ec2 => {
+            // Clean-up needs only the owner tags; a spec that cannot build a client has
+            // created nothing.
+            let spec = policy.spec.ec2.clone()?;
+            let provider = ec2::Ec2Provider::new(&spec).await.ok()?;
+            Some(Box::new(Timed(Box::new(provider))))
+        }
     }
 }
 
