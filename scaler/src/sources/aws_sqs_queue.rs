@@ -822,6 +822,36 @@ mod tests {
 
     const PROPER: &str = "https://sqs.eu-west-1.amazonaws.com/account_id/DeleteArtifactQ";
 
+    #[test]
+    fn static_keys_may_name_secrets() {
+        let m = parse(&[
+            ("queueURL", PROPER),
+            ("awsRegion", "eu-west-1"),
+            ("awsAccessKeyIDSecret", "apps/aws/id"),
+            ("awsSecretAccessKeySecret", "apps/aws/secret"),
+            ("awsSessionTokenSecret", "apps/aws/token"),
+        ])
+        .unwrap();
+        let k = m.identity.static_keys.as_ref().unwrap();
+        let named = |c: &Credential| c.secret_key().unwrap().reference.to_string();
+        assert_eq!(named(&k.access_key_id), "apps/aws/id");
+        assert_eq!(named(&k.secret_access_key), "apps/aws/secret");
+        assert_eq!(named(k.session_token.as_ref().unwrap()), "apps/aws/token");
+        assert_eq!(
+            m.identity.to_string(),
+            "access key from Secret key apps/aws/id"
+        );
+        // A plain secret key stays refused, whatever else is given.
+        let err = parse(&[
+            ("queueURL", PROPER),
+            ("awsRegion", "eu-west-1"),
+            ("awsAccessKeyID", "AKIA"),
+            ("awsSecretAccessKey", "plain"),
+        ])
+        .unwrap_err();
+        assert!(err.contains(&"awsSecretAccessKey".to_string()), "{err:?}");
+    }
+
     /// KEDA's `testAWSSQSMetadata` table (aws_sqs_queue_scaler_test.go), replayed with the keys
     /// an external trigger receives: authentication parameters never reach an external scaler,
     /// so KEDA's static keys become `awsAccessKeyID` + `awsSecretAccessKeyFromEnv`, and its pod

@@ -1308,6 +1308,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_kafka_credential_may_name_a_secret() {
+        let m = parse(&base(&[
+            ("sasl", "scram_sha512"),
+            ("usernameSecret", "kafka/creds/user"),
+            ("passwordSecret", "kafka/creds/password"),
+            ("tls", "enable"),
+            ("caSecret", "kafka/tls/ca.crt"),
+            ("certSecret", "kafka/tls/tls.crt"),
+            ("keySecret", "kafka/tls/tls.key"),
+            ("keyPasswordSecret", "kafka/tls/pass"),
+        ]))
+        .unwrap();
+        let s = &m.query().cluster.security;
+        let (_, user, password) = s.sasl.as_ref().unwrap();
+        let named = |c: &Credential| c.secret_key().unwrap().reference.to_string();
+        assert_eq!(named(user), "kafka/creds/user");
+        assert_eq!(named(password), "kafka/creds/password");
+        for (c, r) in [
+            (&s.ca, "kafka/tls/ca.crt"),
+            (&s.cert, "kafka/tls/tls.crt"),
+            (&s.key, "kafka/tls/tls.key"),
+            (&s.key_password, "kafka/tls/pass"),
+        ] {
+            assert_eq!(named(c.as_ref().unwrap()), r);
+        }
+        // The secret and its Secret form together are a conflict naming both.
+        assert_eq!(
+            parse(&base(&[
+                ("sasl", "plaintext"),
+                ("username", "u"),
+                ("passwordFromEnv", "p"),
+                ("passwordSecret", "a/b/c"),
+            ]))
+            .unwrap_err(),
+            ["passwordFromEnv", "passwordSecret", "passwordFromEnv"]
+        );
+    }
+
     fn base(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
         let mut v = vec![
             ("bootstrapServers", "foobar:9092"),
