@@ -403,7 +403,10 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
         ("list", "statefulsets.apps", Some("ml")),
         ("create", "deployments.apps", Some("ml")),
         ("delete", "deployments.apps", Some("ml")),
+        ("update", "deployments.apps", Some("ml")),
         ("watch", "pods", Some("ml")),
+        ("patch", "pods", Some("ml")),
+        ("patch", "prewarmpolicies.headroom.dev", Some("ml")),
         ("list", "nodes", None),
         ("create", "nodeclaims.karpenter.sh", None),
         ("patch", "nodeclaims.karpenter.sh", None),
@@ -421,8 +424,8 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
     }
     let no: &[(&str, &str, Option<&str>)] = &[
         ("get", "secrets", Some("ml")),
-        ("update", "deployments.apps", Some("ml")),
         ("create", "pods", Some("ml")),
+        ("delete", "pods", Some("ml")),
         ("delete", "nodes", None),
         ("update", "nodeclaims.karpenter.sh", None),
         ("create", "nodepools.karpenter.sh", None),
