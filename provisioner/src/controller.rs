@@ -892,9 +892,12 @@ fn record_time_to_capacity(
         .recorded_ready
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    // Kubernetes timestamps have whole seconds: a unit that became ready in the second this
+    // process started reads as earlier than the start, and must still count.
+    let since = ctx.started_ms - ctx.started_ms.rem_euclid(1000);
     for u in units {
         if let Some(ready_at) = u.ready_at
-            && ready_at >= ctx.started_ms
+            && ready_at >= since
             && seen.insert(u.id.clone())
         {
             let secs = (ready_at - u.created_at).max(0) as f64 / 1000.0;

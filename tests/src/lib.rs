@@ -292,8 +292,11 @@ pub fn celery_python() -> &'static Path {
 pub fn workspace_bin(bin: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "--workspace", "--bins"])
+        // `cargo` from PATH, as test.sh runs it: the rustup proxy picks the toolchain of
+        // rust-toolchain.toml. `env!("CARGO")` can name another toolchain's cargo (it did here:
+        // stable's), whose different fingerprints rebuilt every dependency.
+        let status = std::process::Command::new("cargo")
+            .args(["build", "-q", "--workspace", "--bins", "--locked"])
             .current_dir(repo_root())
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?;

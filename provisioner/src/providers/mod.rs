@@ -18,9 +18,6 @@ use crate::shape::Shape;
 /// Why a policy has no provider.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ForPolicyError {
-    /// The mode's provider is not part of this build.
-    #[error("mode {0} is not available in this build of headroom-provisioner")]
-    ModeUnavailable(&'static str),
     /// `spec.<mode>` is missing.
     #[error("spec.{0} is required for mode: {0}")]
     MissingParameters(&'static str),
@@ -32,7 +29,6 @@ impl ForPolicyError {
     /// CamelCase reason for conditions and events.
     pub fn reason(&self) -> &'static str {
         match self {
-            ForPolicyError::ModeUnavailable(_) => "ModeNotAvailable",
             ForPolicyError::MissingParameters(_) => "InvalidSpec",
             ForPolicyError::Provider(ProviderError::Missing { kind, .. }) => match *kind {
                 "NodePool" => "NodePoolNotFound",
