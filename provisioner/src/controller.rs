@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use headroom_common::parse_duration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -109,36 +110,6 @@ fn rfc3339(ms: Millis) -> String {
     k8s_openapi::jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.to_string())
         .unwrap_or_default()
-}
-
-/// Parses `1h30m`, `10m`, `45s`, `500ms`, `1.5m` (the CRD's duration pattern).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = 0.0f64;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (0.001, 2)
-        } else if rest.starts_with('s') {
-            (1.0, 1)
-        } else if rest.starts_with('m') {
-            (60.0, 1)
-        } else if rest.starts_with('h') {
-            (3600.0, 1)
-        } else {
-            return None;
-        };
-        rest = &rest[len..];
-        total += value * unit;
-    }
-    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total))
 }
 
 /// Deterministic creation token: the policy's UID and the units it owned when it decided.
@@ -1053,17 +1024,6 @@ async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_as_the_crd_pattern_allows() {
-        assert_eq!(parse_duration("3m"), Some(Duration::from_secs(180)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5m"), Some(Duration::from_secs(90)));
-        for bad in ["", "3", "m", "3d", "-1s", "1 m"] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
-        }
-    }
 
     fn unit(id: &str) -> Unit {
         Unit {

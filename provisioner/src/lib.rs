@@ -25,11 +25,6 @@ pub mod shape;
 
 pub use serve::{Config, Running, start};
 
-/// Makes ring the process-wide rustls crypto provider, once (kube and tonic both use rustls;
-/// with more than one provider linked, rustls refuses to guess). Harmless if one is installed.
-pub fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+/// Makes ring the process-wide rustls crypto provider (see [`headroom_common`]): kube, tonic
+/// and the AWS SDK all use rustls.
+pub use headroom_common::install_crypto_provider;

@@ -2,12 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use headroom_common::{EXIT_CONFIG, LogFormat, init_tracing, shutdown_signal};
 use headroom_provisioner::serve::ServeArgs;
 use headroom_provisioner::{install_crypto_provider, metrics, serve};
-
-/// Exit code for bad configuration (BSD `EX_USAGE`).
-const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(name = "headroom-provisioner", version, about)]
@@ -28,31 +26,12 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Reconcile PrewarmPolicies: create capacity ahead of the scaler's forecast.
     Serve(Box<ServeArgs>),
     /// Print the PrewarmPolicy CustomResourceDefinition (YAML) generated from the Rust types.
     Crd,
-}
-
-fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| format!("--log: {filter:?} is not a valid filter: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    result.map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -151,26 +130,4 @@ async fn run(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops it");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

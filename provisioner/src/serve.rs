@@ -15,7 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{self, Settings, parse_duration};
+use headroom_common::parse_duration;
+
+use crate::controller::{self, Settings};
 use crate::leader::{self, LeaseConfig};
 
 /// Flags of `headroom-provisioner serve`. Every flag has an environment fallback.

@@ -113,7 +113,7 @@ pub enum CheckError {
 
 /// Runs the check and prints the reports. Returns whether every trigger answered.
 pub async fn run(args: &CheckArgs) -> Result<bool, CheckError> {
-    let timeout = crate::server::parse_duration(&args.timeout)
+    let timeout = headroom_common::parse_duration(&args.timeout)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
             CheckError::Input(format!("--timeout: {:?} is not a duration", args.timeout))

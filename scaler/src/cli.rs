@@ -1,12 +1,11 @@
 //! Command line of `headroom-scaler`, and the process set-up shared by its subcommands.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::check::CheckArgs;
 use crate::server::ServeArgs;
 
-/// Exit code for bad configuration (BSD `EX_USAGE`).
-pub const EXIT_CONFIG: i32 = 64;
+pub use headroom_common::{EXIT_CONFIG, LogFormat, init_tracing};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,25 +36,4 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print what KEDA would receive for each Headroom trigger of a ScaledObject.
     Check(CheckArgs),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Installs the global tracing subscriber. Logs go to standard error, so that `check` output
-/// on standard output stays clean.
-pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| format!("--log: {filter:?} is not a valid filter: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    result.map_err(|e| e.to_string())
 }

@@ -30,17 +30,6 @@ pub mod shared_state;
 pub mod sources;
 pub mod trigger;
 
-/// Makes ring the process-wide rustls crypto provider, once.
-///
-/// rustls picks its default provider from its crate features; the AWS SDK enables aws-lc-rs
-/// next to the ring that redis and tonic use, and with both rustls refuses to guess (it panics
-/// on the first TLS connection that relies on the default, e.g. Redis over TLS). Called by every
-/// entry point that may open TLS connections ([`server::start`], `check`, the Redis pools);
-/// harmless if an embedding program installed a provider first.
-pub fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // An error means a provider is already installed: keep it.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+/// Makes ring the process-wide rustls crypto provider (see [`headroom_common`]); called by every
+/// entry point that may open TLS connections ([`server::start`], `check`, the Redis pools).
+pub use headroom_common::install_crypto_provider;

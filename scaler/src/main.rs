@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use headroom_common::shutdown_signal;
 use headroom_scaler::cli::{Cli, Command, EXIT_CONFIG, init_tracing};
 use headroom_scaler::{check, metrics, server};
 
@@ -13,7 +14,7 @@ async fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
-                ExitCode::from(EXIT_CONFIG as u8)
+                ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::SUCCESS
             };
@@ -21,7 +22,7 @@ async fn main() -> ExitCode {
     };
     if let Err(e) = init_tracing(cli.log_format, &cli.log) {
         eprintln!("error: {e}");
-        return ExitCode::from(EXIT_CONFIG as u8);
+        return ExitCode::from(EXIT_CONFIG);
     }
     match cli.command {
         Command::Serve(args) => serve(*args).await,
@@ -30,7 +31,7 @@ async fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("error: {e}");
-                ExitCode::from(EXIT_CONFIG as u8)
+                ExitCode::from(EXIT_CONFIG)
             }
         },
     }
@@ -43,7 +44,7 @@ async fn serve(args: server::ServeArgs) -> ExitCode {
             for e in errors {
                 eprintln!("error: {e}");
             }
-            return ExitCode::from(EXIT_CONFIG as u8);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let handle = match metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -81,27 +82,4 @@ async fn serve(args: server::ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

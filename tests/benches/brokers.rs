@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use headroom_common::parse_duration;
 use headroom_integration::kafka::KafkaBroker;
 use headroom_integration::sqs::SqsServer;
 use headroom_integration::{CountingProxy, Framing, free_port, so_ref, start_scaler};
 use headroom_proto::externalscaler::GetMetricsRequest;
 use headroom_proto::externalscaler::external_scaler_client::ExternalScalerClient;
-use headroom_scaler::server::{ServeConfig, parse_duration};
+use headroom_scaler::server::ServeConfig;
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone)]

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use headroom_common::parse_duration;
 use headroom_integration::{RedisServer, md, so_ref, start_scaler};
 use headroom_proto::externalscaler::GetMetricsRequest;
-use headroom_scaler::server::{ServeConfig, parse_duration};
+use headroom_scaler::server::ServeConfig;
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone)]

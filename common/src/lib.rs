@@ -1,0 +1,133 @@
+//! Process plumbing that `headroom-scaler` and `headroom-provisioner` share: how durations are
+//! written on flags and in resources, logging set-up, the shutdown signal, and the one rustls
+//! crypto provider. Nothing here knows about queues or capacity.
+
+use std::time::Duration;
+
+/// Exit code for bad configuration (BSD `EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Parses a duration as operators write it: one or more `<number><unit>` terms summed, units
+/// `ms`, `s`, `m`, `h`, numbers possibly fractional (`500ms`, `2s`, `1.5m`, `1h30m`), or a bare
+/// number of seconds (`10`). `None` for anything else, negative or overflowing.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if s.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return seconds(s.parse().ok()?);
+    }
+    let mut rest = s;
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total += value * unit;
+    }
+    seconds(total)
+}
+
+fn seconds(secs: f64) -> Option<Duration> {
+    if secs.is_finite() && secs >= 0.0 {
+        Duration::try_from_secs_f64(secs).ok()
+    } else {
+        None
+    }
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber for `filter` (tracing `EnvFilter` syntax). Logs go to
+/// standard error, so that output meant for standard output stays clean.
+pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("--log: {filter:?} is not a valid filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (the signal Kubernetes stops a pod with).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the process");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Makes ring the process-wide rustls crypto provider, once, before any TLS connection.
+///
+/// The AWS SDK enables aws-lc-rs next to the ring that redis, tonic and kube use; with both
+/// linked, rustls refuses to pick a default (it panics on the first TLS connection that relies
+/// on it). Harmless if a provider is already installed.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is already installed: keep it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_the_forms_operators_write() {
+        let d = |s| parse_duration(s);
+        assert_eq!(d("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(d("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(d("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(d("1.5m"), Some(Duration::from_secs(90)));
+        assert_eq!(d("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(d(" 10 "), Some(Duration::from_secs(10)));
+        assert_eq!(d("0"), Some(Duration::ZERO));
+        for bad in [
+            "", "-1s", "1d", "s", "1x", "abc", "1e3", "inf", "1 s", "1..2s",
+        ] {
+            assert_eq!(d(bad), None, "{bad:?}");
+        }
+    }
+}
