@@ -339,17 +339,30 @@ spec:
     let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
     let scaled_objects: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk(&gvk));
-    wait_until(WAIT, "ScaledObject Ready=True and Active=False", || {
+    // Ready, and not Active. Not "Active=False": KEDA's reconciler and its scale loop both write
+    // the conditions, and when the reconciler's write lands last the Active condition stays
+    // Unknown until the next poll — 300 s away here (seen once in CI).
+    wait_until(WAIT, "ScaledObject Ready=True and not Active", || {
         let api = scaled_objects.clone();
         async move {
             let so = api.get("worker").await?;
-            Ok((condition(&so, "Ready").is_some_and(|(s, _)| s == "True")
-                && condition(&so, "Active").is_some_and(|(s, _)| s == "False"))
-            .then_some(()))
+            let ready = condition(&so, "Ready");
+            let active = condition(&so, "Active");
+            anyhow::ensure!(
+                ready.as_ref().is_some_and(|(s, _)| s == "True")
+                    && active.as_ref().is_none_or(|(s, _)| s != "True"),
+                "Ready {ready:?}, Active {active:?}"
+            );
+            Ok(Some(()))
         }
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\nkeda-operator log:\n{}",
+            cluster.log_tail("keda-operator", 30)
+        )
+    });
     // KEDA has opened its StreamIsActive to the scaler (one watcher on the queue).
     wait_until(WAIT, "KEDA's push stream open on the scaler", || {
         let watchers = scaler.scaler.push_watchers();

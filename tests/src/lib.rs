@@ -295,7 +295,30 @@ pub fn workspace_bin(bin: &str) -> PathBuf {
         // `cargo` from PATH, as test.sh runs it: the rustup proxy picks the toolchain of
         // rust-toolchain.toml. `env!("CARGO")` can name another toolchain's cargo (it did here:
         // stable's), whose different fingerprints rebuilt every dependency.
-        let status = std::process::Command::new("cargo")
+        // Nor may it inherit what `cargo test` sets for the test binary: ring's build script
+        // reruns when CARGO_MANIFEST_DIR changes, and with it everything above ring (rustls,
+        // kube, the AWS SDK) was rebuilt inside the test, then again by the next plain build.
+        let mut cargo = std::process::Command::new("cargo");
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let set_by_cargo_test = key == "CARGO"
+                || key == "OUT_DIR"
+                || key.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&key.as_ref());
+            if set_by_cargo_test {
+                cargo.env_remove(key.as_ref());
+            }
+        }
+        let status = cargo
             .args(["build", "-q", "--workspace", "--bins", "--locked"])
             .current_dir(repo_root())
             .status()
@@ -342,6 +365,15 @@ impl Celery {
     pub fn new(redis: &RedisServer) -> Self {
         Self {
             broker: redis.url(),
+            options: Vec::new(),
+        }
+    }
+
+    /// Producers and workers for another broker URL (e.g. one with a password:
+    /// `redis://:pw@127.0.0.1:6379/0`).
+    pub fn with_broker(url: &str) -> Self {
+        Self {
+            broker: url.to_string(),
             options: Vec::new(),
         }
     }
@@ -416,7 +448,8 @@ impl Celery {
         ))
     }
 
-    /// Starts a real worker on `queues` and waits until it consumes.
+    /// Starts a real worker on `queues` whose tasks take 10 minutes (they stay in flight), and
+    /// waits until it consumes.
     pub fn worker(
         &self,
         queues: &str,
@@ -424,11 +457,23 @@ impl Celery {
         prefetch: u32,
         acks_late: bool,
     ) -> Result<Worker> {
+        self.worker_with_task_time(queues, concurrency, prefetch, acks_late, 600.0)
+    }
+
+    /// As [`Celery::worker`], with each task taking `seconds`.
+    pub fn worker_with_task_time(
+        &self,
+        queues: &str,
+        concurrency: u32,
+        prefetch: u32,
+        acks_late: bool,
+        seconds: f64,
+    ) -> Result<Worker> {
         let mut c = self.command();
         c.args(["worker", "--queue", queues])
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--prefetch", &prefetch.to_string()])
-            .args(["--sleep", "600"]);
+            .args(["--sleep", &seconds.to_string()]);
         if acks_late {
             c.arg("--acks-late");
         }
