@@ -303,11 +303,12 @@ async fn a_warm_pool_is_started_instead_of_launched_and_removal_fills_it_then_te
     assert_eq!(states, ["stopped", "stopped", "terminated"]);
     // Stopped instances are the pool, not units.
     assert!(p.list(&pol).await.unwrap().is_empty());
-    let pooled: Vec<String> = ids
+    let mut pooled: Vec<String> = ids
         .iter()
         .filter(|id| state(by_id(&all, id)) == "stopped")
         .cloned()
         .collect();
+    pooled.sort();
 
     // Two more wanted: the pool is started, nothing is launched.
     server.clear_calls();

@@ -402,7 +402,15 @@ async fn sasl_plain_and_scram_read_and_wrong_passwords_are_permission_denied() {
     let b = broker();
     b.create_topic("secured", 1).await.unwrap();
     b.produce("secured", 0, 5).unwrap();
-    let (_s, mut c) = start_scaler(ServeConfig::local()).await.unwrap();
+    // A failed SCRAM exchange is answered by the broker at once, but on a loaded machine the
+    // whole round (connect, handshake, authenticate) once took over the default 2 s, which
+    // answers UNAVAILABLE (timeout) instead: give the reads room, and check the code.
+    let (_s, mut c) = start_scaler(ServeConfig {
+        backend_timeout: Duration::from_secs(15),
+        ..ServeConfig::local()
+    })
+    .await
+    .unwrap();
     let sasl_servers = format!("127.0.0.1:{}", b.sasl_port);
     for (mechanism, user, password) in [
         ("plaintext", kb::PLAIN_USER, kb::PLAIN_PASSWORD),
@@ -426,17 +434,11 @@ async fn sasl_plain_and_scram_read_and_wrong_passwords_are_permission_denied() {
 
         let mut wrong = m.clone();
         wrong.insert("passwordFromEnv".into(), "wrong-pa55word".into());
-        let start = Instant::now();
         let err = poll(&mut c, &wrong).await.unwrap_err();
         assert_eq!(
             err.code(),
             tonic::Code::PermissionDenied,
             "{mechanism}: {err:?}"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            start.elapsed()
         );
         assert!(
             !err.message().contains("wrong-pa55word"),
