@@ -693,11 +693,37 @@ impl KafkaQuery {
             handle.classify(self, e)
         };
 
-        // 1. Which partitions.
-        let metadata = handle
-            .consumer
-            .fetch_metadata(self.topic.as_deref(), left()?)
-            .map_err(err)?;
+        // 1. Which partitions. Asked in slices: a refused login is not an answer to the call but
+        // a log line, after which librdkafka reconnects and the call waits out its whole
+        // timeout; between slices a login refused meanwhile ends the read as an auth error
+        // (seen in CI: a wrong SCRAM password answered UNAVAILABLE after the 15 s deadline).
+        let metadata = loop {
+            let slice = left()?.min(METADATA_SLICE);
+            match handle.consumer.fetch_metadata(self.topic.as_deref(), slice) {
+                Ok(m) => break m,
+                Err(e) if is_timeout(&e) => {
+                    handle.drain_events();
+                    if let Some(reason) = handle.recent_auth_failure() {
+                        return Err(SourceError::Auth {
+                            endpoint: self.label(),
+                            source: cause(reason),
+                        });
+                    }
+                }
+                Err(e) => {
+                    // A refused login fails the request as a transport failure, and librdkafka
+                    // may log why a moment later: give it that moment before classifying.
+                    for _ in 0..10 {
+                        handle.drain_events();
+                        if handle.recent_auth_failure().is_some() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    return Err(err(e));
+                }
+            }
+        };
         let mut tpl = TopicPartitionList::new();
         for t in metadata.topics() {
             if let Some(topic) = &self.topic {
@@ -963,6 +989,16 @@ pub async fn persistent_partitions(
     Ok(persistent)
 }
 
+/// How long one metadata request may wait before the read checks for a refused login.
+const METADATA_SLICE: Duration = Duration::from_millis(200);
+
+fn is_timeout(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut)
+    )
+}
+
 /// librdkafka context: keeps the last authentication failure the client reported, so that a
 /// call that then times out can say why.
 #[derive(Debug, Default)]
@@ -1055,18 +1091,22 @@ impl Handle {
         }
     }
 
-    /// Turns a librdkafka error into the source error that says what the operator must fix.
-    fn classify(&self, q: &KafkaQuery, e: KafkaError) -> SourceError {
-        let code = e.rdkafka_error_code();
-        let recent_auth = self
-            .consumer
+    /// Why librdkafka refused this handle's login, when it did in the last 30 s.
+    fn recent_auth_failure(&self) -> Option<String> {
+        self.consumer
             .context()
             .auth_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
             .filter(|(at, _)| at.elapsed() < Duration::from_secs(30))
-            .map(|(_, reason)| reason);
+            .map(|(_, reason)| reason)
+    }
+
+    /// Turns a librdkafka error into the source error that says what the operator must fix.
+    fn classify(&self, q: &KafkaQuery, e: KafkaError) -> SourceError {
+        let code = e.rdkafka_error_code();
+        let recent_auth = self.recent_auth_failure();
         match code {
             Some(
                 RDKafkaErrorCode::Authentication
