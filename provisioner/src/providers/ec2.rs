@@ -28,7 +28,7 @@
 //!
 //! No wall clock is read: every time comes from the caller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use aws_sdk_ec2::Client;
@@ -110,18 +110,47 @@ pub struct Ec2Provider {
     spec: Ec2Spec,
 }
 
+/// One EC2 client per (region, endpoint) for the whole process. A provider is built for every
+/// reconcile of an ec2 policy; loading the AWS config each time re-resolved the credential chain
+/// (an STS call with IRSA) on every reconcile, where one client keeps its credentials cached and
+/// refreshes them before they expire.
+async fn shared_client(region: &str, endpoint: Option<&str>) -> Client {
+    type Key = (String, Option<String>);
+    static CLIENTS: std::sync::OnceLock<std::sync::Mutex<HashMap<Key, Client>>> =
+        std::sync::OnceLock::new();
+    let clients = CLIENTS.get_or_init(Default::default);
+    let key: Key = (region.to_string(), endpoint.map(String::from));
+    if let Some(c) = clients
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+    {
+        return c.clone();
+    }
+    crate::install_crypto_provider();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_string()));
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let client = Client::new(&loader.load().await);
+    // Two reconciles may both have loaded: the first one stored is kept.
+    clients
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(key)
+        .or_insert(client)
+        .clone()
+}
+
 impl Ec2Provider {
     /// A provider for `spec`, with AWS credentials from the default chain (environment, IRSA
     /// web identity, IMDS) and `spec.endpoint` as the endpoint when given.
     pub async fn new(spec: &Ec2Spec) -> Result<Self, ProviderError> {
-        crate::install_crypto_provider();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(spec.region.clone()));
-        if let Some(endpoint) = &spec.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        let conf = loader.load().await;
-        Self::with_client(Client::new(&conf), spec)
+        Self::with_client(
+            shared_client(&spec.region, spec.endpoint.as_deref()).await,
+            spec,
+        )
     }
 
     /// A provider using `client` as it is (tests: static keys, an endpoint, retry settings).
