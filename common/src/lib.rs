@@ -51,6 +51,48 @@ fn seconds(secs: f64) -> Option<Duration> {
     }
 }
 
+/// Parses the command line; on `--help`/`--version` or an error, prints what clap says and gives
+/// the exit code to return (0, or [`EXIT_CONFIG`] for bad flags).
+pub fn parse_cli<C: clap::Parser>() -> Result<C, std::process::ExitCode> {
+    C::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            std::process::ExitCode::from(EXIT_CONFIG)
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}
+
+/// The HTTP endpoints both programs serve: `/metrics` (`metrics` rendered, or an empty page
+/// when `None`), `/healthz` (the process answers), and `/readyz`, which is 200 `ready` while
+/// `ready()` is `Ok` and 503 with its reason otherwise.
+pub fn health_router(
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ready: impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
+) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = metrics.clone();
+                async move { handle.map(|h| h.render()).unwrap_or_default() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                match ready() {
+                    Ok(()) => (StatusCode::OK, "ready"),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }),
+        )
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use headroom_common::{EXIT_CONFIG, LogFormat, init_tracing, shutdown_signal};
+use headroom_common::{EXIT_CONFIG, LogFormat, init_tracing, parse_cli, shutdown_signal};
 use headroom_provisioner::serve::ServeArgs;
 use headroom_provisioner::{install_crypto_provider, metrics, serve};
 
@@ -36,16 +36,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match parse_cli() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::Crd => match headroom_provisioner::crd::crd_yaml() {

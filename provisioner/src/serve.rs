@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -215,34 +213,19 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let api_ok = Arc::new(AtomicBool::new(false));
 
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let handle = metrics.clone();
-                async move { handle.map(|h| h.render()).unwrap_or_default() }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get({
-                let api_ok = api_ok.clone();
-                let shutdown = shutdown.clone();
-                move || async move {
-                    if shutdown.is_cancelled() {
-                        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-                    } else if api_ok.load(Ordering::Relaxed) {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the API server is not reachable",
-                        )
-                    }
-                }
-            }),
-        );
+    let app = headroom_common::health_router(metrics, {
+        let api_ok = api_ok.clone();
+        let shutdown = shutdown.clone();
+        move || {
+            if shutdown.is_cancelled() {
+                Err("shutting down")
+            } else if api_ok.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("the API server is not reachable")
+            }
+        }
+    });
 
     // Readiness: the API server answers (checked every 5 s).
     let probe = {

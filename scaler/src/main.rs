@@ -2,23 +2,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use headroom_common::shutdown_signal;
+use headroom_common::{parse_cli, shutdown_signal};
 use headroom_scaler::cli::{Cli, Command, EXIT_CONFIG, init_tracing};
 use headroom_scaler::{check, metrics, server};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match parse_cli() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     if let Err(e) = init_tracing(cli.log_format, &cli.log) {
         eprintln!("error: {e}");

@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::routing::get;
 use headroom_proto::externalscaler::external_scaler_server::ExternalScalerServer;
 use headroom_proto::headroom::v1::demand_server::DemandServer;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -343,28 +341,16 @@ pub async fn start(
         .add_service(DemandServer::new(scaler.clone()));
 
     let ready = CancellationToken::new();
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let handle = metrics.clone();
-                async move { handle.map(|h| h.render()).unwrap_or_default() }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get({
-                let ready = ready.clone();
-                move || async move {
-                    if ready.is_cancelled() {
-                        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-                    } else {
-                        (StatusCode::OK, "ready")
-                    }
-                }
-            }),
-        );
+    let app = headroom_common::health_router(metrics, {
+        let ready = ready.clone();
+        move || {
+            if ready.is_cancelled() {
+                Err("shutting down")
+            } else {
+                Ok(())
+            }
+        }
+    });
 
     let sweeper = {
         let observations = observations.clone();
