@@ -689,7 +689,7 @@ impl KafkaQuery {
         // authentication failure reaches the context this way.
         handle.drain_events();
         let err = |e: KafkaError| {
-            handle.drain_events();
+            handle.await_failure_reason(&e);
             handle.classify(self, e)
         };
 
@@ -710,18 +710,7 @@ impl KafkaQuery {
                         });
                     }
                 }
-                Err(e) => {
-                    // A refused login fails the request as a transport failure, and librdkafka
-                    // may log why a moment later: give it that moment before classifying.
-                    for _ in 0..10 {
-                        handle.drain_events();
-                        if handle.recent_auth_failure().is_some() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    return Err(err(e));
-                }
+                Err(e) => return Err(err(e)),
             }
         };
         let mut tpl = TopicPartitionList::new();
@@ -1087,6 +1076,25 @@ impl Handle {
         for _ in 0..64 {
             if self.consumer.poll(Duration::ZERO).is_none() {
                 break;
+            }
+        }
+    }
+
+    /// Delivers queued client events before `e` is classified. A refused login fails the call
+    /// as a bare transport failure and librdkafka may log why a moment later, so after a
+    /// transport failure with no known reason this waits up to 200 ms for one.
+    fn await_failure_reason(&self, e: &KafkaError) {
+        let transport = matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+        );
+        for attempt in 0..10 {
+            self.drain_events();
+            if !transport || self.recent_auth_failure().is_some() {
+                return;
+            }
+            if attempt < 9 {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
