@@ -88,15 +88,14 @@ fn cluster() -> &'static KubeCluster {
         ] {
             cluster.apply_path(&crd).unwrap();
         }
-        wait_established(
-            cluster,
-            &[
+        cluster
+            .wait_established(&[
                 "crd/servicemonitors.monitoring.coreos.com",
                 "crd/prometheusrules.monitoring.coreos.com",
                 "crd/scaledobjects.keda.sh",
                 "crd/prewarmpolicies.headroom.dev",
-            ],
-        );
+            ])
+            .unwrap();
         let namespaces: String = ["headroom", "ml", "etl", "media", "monitoring"]
             .iter()
             .map(|n| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {n}\n---\n"))
@@ -104,20 +103,6 @@ fn cluster() -> &'static KubeCluster {
         cluster.apply(&namespaces).unwrap();
     });
     cluster
-}
-
-fn wait_established(cluster: &KubeCluster, crds: &[&str]) {
-    // `kubectl wait` fails at once on a CRD whose status has no conditions yet.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut args = vec!["wait", "--for=condition=established", "--timeout=30s"];
-    args.extend_from_slice(crds);
-    loop {
-        match cluster.kubectl(&args) {
-            Ok(_) => return,
-            Err(e) if std::time::Instant::now() > deadline => panic!("CRDs not Established: {e:#}"),
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
-        }
-    }
 }
 
 /// Objects (`kind/name`) in a stream of YAML documents.

@@ -489,10 +489,7 @@ async fn provisioner_dashboard_and_alerts_query_metrics_the_running_provisioner_
             .apply_path(&repo_root().join("charts/headroom/crds/prewarmpolicies.headroom.dev.yaml"))
             .unwrap();
         cluster
-            .kubectl(&[
-                "wait",
-                "--for=condition=established",
-                "--timeout=60s",
+            .wait_established(&[
                 "crd/scaledobjects.keda.sh",
                 "crd/prewarmpolicies.headroom.dev",
             ])

@@ -27,11 +27,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use headroom_integration::kube::{
-    FakeNode, KubeCluster, create_fake_node, helm_bin, kubectl_bin, node_is_ready, wait_until,
+    FakeNode, KubeCluster, condition, create_fake_node, helm_bin, kubectl_bin, node_is_ready,
+    wait_until,
 };
 use headroom_integration::prometheus::http_get;
 use headroom_integration::{Celery, RedisServer, free_port, repo_root, unix_now, workspace_bin};
-use headroom_provisioner::crd::PrewarmPolicy;
+use headroom_provisioner::crd::{PrewarmPolicy, PrewarmPolicyStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -177,16 +178,7 @@ impl Program {
 
     /// The sum of every series of one metric on the program's /metrics.
     async fn metric(&self, name: &str) -> Result<f64> {
-        let url = format!("http://{}/metrics", self.metrics_addr);
-        let text = tokio::task::spawn_blocking(move || http_get(&url)).await??;
-        Ok(text
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        Ok(metric_sum(&scrape(&self.metrics_addr).await?, name))
     }
 
     /// SIGTERM, then the exit status within 20 s (the chart gives each 10 s of grace).
@@ -264,6 +256,33 @@ fn service_account_kubeconfig(cluster: &KubeCluster, sa: &str, dir: &Path) -> Re
     Ok(path)
 }
 
+/// The status of the PrewarmPolicy `ml/gpu-worker`.
+async fn policy_status(policies: &Api<PrewarmPolicy>) -> PrewarmPolicyStatus {
+    policies
+        .get("gpu-worker")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+}
+
+/// A program's /metrics page.
+async fn scrape(metrics_addr: &str) -> Result<String> {
+    let url = format!("http://{metrics_addr}/metrics");
+    tokio::task::spawn_blocking(move || http_get(&url)).await?
+}
+
+/// The sum of every series of the metric `name` in a Prometheus text page.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Every 100 ms: the scaler's readings and answer (waiting, in flight, desired replicas, summed
 /// over series) and the Deployment's replicas; a row each time one changes.
 async fn sample_changes(
@@ -273,19 +292,8 @@ async fn sample_changes(
 ) {
     let mut last = (String::new(), String::new());
     loop {
-        let url = format!("http://{metrics_addr}/metrics");
-        let text = tokio::task::spawn_blocking(move || http_get(&url).unwrap_or_default())
-            .await
-            .unwrap_or_default();
-        let sum = |name: &str| -> f64 {
-            text.lines()
-                .filter(|l| {
-                    l.strip_prefix(name)
-                        .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
+        let text = scrape(&metrics_addr).await.unwrap_or_default();
+        let sum = |name: &str| metric_sum(&text, name);
         let scaler = format!(
             "scaler reads {} waiting, {} in flight; answers {} replicas",
             sum("headroom_scaler_queue_depth"),
@@ -360,14 +368,6 @@ fn rfc3339_unix(ts: &str) -> Option<f64> {
 fn read_example(path: &str) -> Yaml {
     let text = std::fs::read_to_string(repo_root().join(path)).unwrap();
     serde_yaml::from_str(&text).unwrap()
-}
-
-fn condition(obj: &DynamicObject, kind: &str) -> Option<String> {
-    obj.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .and_then(|c| c["status"].as_str().map(String::from))
 }
 
 fn nodeclaims(client: &kube::Client) -> Api<DynamicObject> {
@@ -661,7 +661,7 @@ spec:
                 let ready = condition(&so, "Ready");
                 let watchers = scaler.metric("headroom_scaler_push_watchers").await?;
                 anyhow::ensure!(
-                    ready.as_deref() == Some("True") && watchers > 0.0,
+                    ready.as_ref().is_some_and(|(s, _, _)| s == "True") && watchers > 0.0,
                     "Ready {ready:?}, push watchers {watchers}"
                 );
                 Ok(Some(()))
@@ -671,12 +671,7 @@ spec:
     .await
     .unwrap_or_else(|e| fail(e, &scaler, &provisioner));
     let policies: Api<PrewarmPolicy> = Api::namespaced(client.clone(), NS);
-    let status = policies
-        .get("gpu-worker")
-        .await
-        .unwrap()
-        .status
-        .unwrap_or_default();
+    let status = policy_status(&policies).await;
     assert!(
         status
             .conditions
@@ -906,12 +901,7 @@ spec:
     .await
     .unwrap_or_else(|e| fail(e, &scaler, &provisioner));
     timeline.mark("provisioner: idle NodeClaims deleted after scaleDownAfter 10 s; nodes gone");
-    let status = policies
-        .get("gpu-worker")
-        .await
-        .unwrap()
-        .status
-        .unwrap_or_default();
+    let status = policy_status(&policies).await;
     assert_eq!((status.warm_nodes, status.in_flight_nodes), (0, 0));
 
     sampler.abort();

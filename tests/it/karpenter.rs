@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use headroom_integration::kube::{KubeCluster, create_namespace, node_is_ready, wait_until};
+use headroom_integration::kube::{
+    KubeCluster, condition_is, create_namespace, node_is_ready, wait_until,
+};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -18,15 +20,6 @@ const WAIT: Duration = Duration::from_secs(120);
 fn api(client: &kube::Client, kind: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("karpenter.sh", "v1", kind);
     Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk))
-}
-
-fn condition_true(obj: &DynamicObject, kind: &str) -> bool {
-    obj.data["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == kind && c["status"] == "True")
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +135,7 @@ spec:
                 Ok(claim.filter(|c| {
                     ["Launched", "Registered", "Initialized"]
                         .iter()
-                        .all(|k| condition_true(c, k))
+                        .all(|k| condition_is(c, k, "True"))
                 }))
             }
         },
@@ -178,7 +171,7 @@ spec:
         let claims = claims.clone();
         async move {
             let c = claims.get("prewarm-1").await?;
-            Ok(condition_true(&c, "Initialized").then_some(c))
+            Ok(condition_is(&c, "Initialized", "True").then_some(c))
         }
     })
     .await

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use headroom_integration::kube::{
-    FakeNode, KubeCluster, create_fake_node, create_namespace, node_is_ready, wait_until,
+    FakeNode, KubeCluster, condition, create_fake_node, create_namespace, node_is_ready, wait_until,
 };
 use headroom_integration::{RedisServer, start_scaler};
 use headroom_scaler::server::ServeConfig;
@@ -23,19 +23,6 @@ use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn condition(obj: &DynamicObject, kind: &str) -> Option<(String, String)> {
-    obj.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_string(),
-                c["message"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-}
 
 async fn replicas(deployments: &Api<Deployment>) -> Result<i32> {
     Ok(deployments
@@ -152,11 +139,11 @@ spec:
             let ready = condition(&so, "Ready");
             let active = condition(&so, "Active");
             anyhow::ensure!(
-                ready.as_ref().is_none_or(|(s, _)| s != "False"),
+                ready.as_ref().is_none_or(|(s, _, _)| s != "False"),
                 "ScaledObject not ready: {ready:?}"
             );
-            Ok((ready.is_some_and(|(s, _)| s == "True")
-                && active.is_some_and(|(s, _)| s == "False"))
+            Ok((ready.is_some_and(|(s, _, _)| s == "True")
+                && active.is_some_and(|(s, _, _)| s == "False"))
             .then_some(()))
         }
     })
@@ -349,8 +336,8 @@ spec:
             let ready = condition(&so, "Ready");
             let active = condition(&so, "Active");
             anyhow::ensure!(
-                ready.as_ref().is_some_and(|(s, _)| s == "True")
-                    && active.as_ref().is_none_or(|(s, _)| s != "True"),
+                ready.as_ref().is_some_and(|(s, _, _)| s == "True")
+                    && active.as_ref().is_none_or(|(s, _, _)| s != "True"),
                 "Ready {ready:?}, Active {active:?}"
             );
             Ok(Some(()))

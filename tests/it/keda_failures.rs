@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use headroom_integration::kube::{KubeCluster, create_namespace, wait_until};
+use headroom_integration::kube::{KubeCluster, condition, create_namespace, wait_until};
 use headroom_integration::{RedisServer, start_scaler};
 use headroom_scaler::server::ServeConfig;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,17 +16,6 @@ use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn condition(obj: &DynamicObject, kind: &str) -> Option<(String, String, String)> {
-    obj.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-            (s("status"), s("reason"), s("message"))
-        })
-}
 
 fn scaled_objects(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");

@@ -38,21 +38,12 @@ fn install_crds(cluster: &KubeCluster) {
     cluster
         .apply_path(&repo_root().join("charts/headroom/crds/prewarmpolicies.headroom.dev.yaml"))
         .unwrap();
-    for crd in ["scaledobjects.keda.sh", "prewarmpolicies.headroom.dev"] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while cluster
-            .kubectl(&[
-                "wait",
-                "--for=condition=established",
-                "--timeout=30s",
-                &format!("crd/{crd}"),
-            ])
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "CRD {crd} not Established");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    cluster
+        .wait_established(&[
+            "crd/scaledobjects.keda.sh",
+            "crd/prewarmpolicies.headroom.dev",
+        ])
+        .unwrap();
     cluster
         .apply(
             "apiVersion: karpenter.kwok.sh/v1alpha1\nkind: KWOKNodeClass\nmetadata:\n  name: default\n",

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::repo_root;
@@ -282,23 +282,25 @@ impl KubeCluster {
     /// until they are Established.
     pub fn install_karpenter_crds(&self) -> Result<()> {
         self.apply_path(&karpenter_crds_dir())?;
-        // `kubectl wait` fails at once on a CRD whose status has no conditions yet (a moment
-        // after it is created), so it is retried until a deadline.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        self.wait_established(&[
+            "crd/nodeclaims.karpenter.sh",
+            "crd/nodepools.karpenter.sh",
+            "crd/kwoknodeclasses.karpenter.kwok.sh",
+        ])
+        .context("Karpenter's CRDs did not become Established")
+    }
+
+    /// Waits (up to 60 s) until the CRDs `crds` (`crd/<name>`) are Established. `kubectl wait`
+    /// fails at once on a CRD whose status has no conditions yet (a moment after it is
+    /// created), so it is retried until the deadline.
+    pub fn wait_established(&self, crds: &[&str]) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut args = vec!["wait", "--for=condition=established", "--timeout=30s"];
+        args.extend_from_slice(crds);
         loop {
-            let waited = self.kubectl(&[
-                "wait",
-                "--for=condition=established",
-                "--timeout=30s",
-                "crd/nodeclaims.karpenter.sh",
-                "crd/nodepools.karpenter.sh",
-                "crd/kwoknodeclasses.karpenter.kwok.sh",
-            ]);
-            match waited {
+            match self.kubectl(&args) {
                 Ok(_) => return Ok(()),
-                Err(e) if std::time::Instant::now() > deadline => {
-                    return Err(e.context("Karpenter's CRDs did not become Established"));
-                }
+                Err(e) if std::time::Instant::now() > deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
@@ -463,6 +465,24 @@ pub async fn create_namespace(client: &kube::Client, prefix: &str) -> Result<Str
         .metadata
         .name
         .context("created namespace has a name")
+}
+
+/// A status condition of an object read as a [`DynamicObject`] (KEDA's ScaledObject,
+/// Karpenter's NodeClaim): `(status, reason, message)`.
+pub fn condition(obj: &DynamicObject, kind: &str) -> Option<(String, String, String)> {
+    obj.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("status"), s("reason"), s("message"))
+        })
+}
+
+/// Whether `obj` has the condition `kind` with `status` (`"True"`, `"False"`, `"Unknown"`).
+pub fn condition_is(obj: &DynamicObject, kind: &str, status: &str) -> bool {
+    condition(obj, kind).is_some_and(|(s, _, _)| s == status)
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout` with `what` and the
