@@ -26,9 +26,17 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 step "installing the test bed (redis-server, celery) if missing"
 bash "$here/install-testbed.sh"
 
-step "building headroom-scaler"
-cargo build -q -p headroom-scaler --bin headroom-scaler
-bin="${CARGO_TARGET_DIR:-$HEADROOM_ROOT/target}/debug/headroom-scaler"
+if [ -n "${HEADROOM_SCALER_BIN:-}" ]; then
+    # test.sh passes the binary it has just built (with the tests' feature set).
+    bin="$HEADROOM_SCALER_BIN"
+else
+    # The same build directory as the test command (tests/scripts/test.sh), so one build serves
+    # both. Cargo's own progress shows: a cold build is several minutes of dependencies.
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HEADROOM_CACHE/target}"
+    step "building headroom-scaler (a cold build compiles its dependencies first: minutes)"
+    cargo build --locked -p headroom-scaler --bin headroom-scaler
+    bin="$CARGO_TARGET_DIR/debug/headroom-scaler"
+fi
 
 redis_port="$(free_port)"
 grpc_port="$(free_port)"

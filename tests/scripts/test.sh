@@ -29,12 +29,16 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo build (the binaries the tests run)"
-cargo build --workspace --bins --locked
+# One feature set for the binaries and the tests: building every target at once activates the
+# dev-dependencies' features (tokio's test-util) for the binaries too, so `cargo test` and the
+# tests' own freshness check (tests/src/lib.rs workspace_bin) reuse this build instead of
+# compiling tokio and everything above it (the AWS SDK, kube, tonic) a second time.
+step "cargo build (every target: the binaries the tests run and the tests)"
+cargo build --workspace --all-targets --locked
 
 step "cargo test (unit, property, integration against real peers)"
 cargo test --workspace --locked --no-fail-fast
 
 step "quickstart (README command 1) runs end to end"
-bash "$here/quickstart.sh" --once >/dev/null
+HEADROOM_SCALER_BIN="$CARGO_TARGET_DIR/debug/headroom-scaler" bash "$here/quickstart.sh" --once >/dev/null
 echo "quickstart ok"

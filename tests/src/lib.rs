@@ -286,7 +286,7 @@ pub fn celery_python() -> &'static Path {
 
 /// A binary of the workspace (`headroom-scaler`, `headroom-provisioner`), for tests that run the
 /// real program. Built once per test process with exactly the command `tests/scripts/test.sh`
-/// runs before the tests (`cargo build --workspace --bins`), so there it only checks freshness;
+/// runs before the tests (`cargo build --workspace --all-targets`), so there it only checks freshness;
 /// run alone, a test builds what changed. Building one package alone (`-p`) would resolve
 /// features differently and compile a second copy of many dependencies.
 pub fn workspace_bin(bin: &str) -> PathBuf {
@@ -319,14 +319,15 @@ pub fn workspace_bin(bin: &str) -> PathBuf {
             }
         }
         let status = cargo
-            .args(["build", "-q", "--workspace", "--bins", "--locked"])
+            // The same command as test.sh's build step: the same targets, so the same features.
+            .args(["build", "-q", "--workspace", "--all-targets", "--locked"])
             .current_dir(repo_root())
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if status.success() {
             Ok(())
         } else {
-            Err(format!("cargo build --workspace --bins failed ({status})"))
+            Err(format!("cargo build --workspace --all-targets failed ({status})"))
         }
     });
     if let Err(e) = built {
