@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::bounds;
 use crate::metrics;
 use crate::planned::unix_seconds;
 use crate::service::Scaler;
@@ -33,10 +34,24 @@ pub const MAX_HORIZON: Duration = Duration::from_secs(86_400);
 /// A ScaledObject's triggers by metric name: metadata and when KEDA last sent it.
 type Triggers = BTreeMap<String, (HashMap<String, String>, Instant)>;
 
-/// Trigger metadata KEDA sent, per ScaledObject (namespace, name) and metric name.
-#[derive(Debug, Default)]
+/// Trigger metadata KEDA sent, per ScaledObject (namespace, name) and metric name. It holds
+/// resolved `...FromEnv` secrets: `Debug` shows only how many.
+#[derive(Default)]
 pub struct Seen {
     triggers: Mutex<HashMap<(String, String), Triggers>>,
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self
+            .triggers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.debug_struct("Seen")
+            .field("scaled_objects", &t.len())
+            .field("triggers", &t.values().map(BTreeMap::len).sum::<usize>())
+            .finish()
+    }
 }
 
 impl Seen {
@@ -100,6 +115,13 @@ impl Scaler {
                 "horizon_ms must be ≥ 0 and step_ms 0 (default 30 s) or ≥ 1000",
             ));
         }
+        if req.triggers.len() > bounds::MAX_DEMAND_TRIGGERS {
+            return Err(Status::invalid_argument(format!(
+                "triggers: {} given; at most {} per request (the scaler's bound)",
+                req.triggers.len(),
+                bounds::MAX_DEMAND_TRIGGERS
+            )));
+        }
         let metadata: Vec<HashMap<String, String>> = if req.triggers.is_empty() {
             self.seen().triggers(&req.namespace, &req.name)
         } else {
@@ -113,7 +135,10 @@ impl Scaler {
         }
         let parsed: Vec<Result<Trigger, String>> = metadata
             .iter()
-            .map(|m| Trigger::parse_in(m, &req.namespace).map_err(|e| e.to_string()))
+            .map(|m| {
+                self.parse_trigger(m, &req.namespace)
+                    .map_err(|e| e.to_string())
+            })
             .collect();
         let lead = parsed
             .iter()
@@ -131,8 +156,18 @@ impl Scaler {
             req.horizon_ms as f64 / 1000.0
         }
         .min(MAX_HORIZON.as_secs_f64());
+        let points = (horizon / step).floor() + 1.0;
+        if points > bounds::MAX_FORECAST_POINTS as f64 {
+            return Err(Status::invalid_argument(format!(
+                "horizon_ms / step_ms: {points} forecast points; at most {} (the scaler's bound): \
+                 use a longer step",
+                bounds::MAX_FORECAST_POINTS
+            )));
+        }
 
         let now = SystemTime::now();
+        // One deadline for the whole call, however many triggers it reads.
+        let deadline = self.observations().deadline();
         let mut triggers = Vec::with_capacity(parsed.len());
         let mut observed_at = 0.0f64;
         for t in parsed {
@@ -153,18 +188,24 @@ impl Scaler {
                 forecast_error: -1.0,
                 ..Default::default()
             };
-            let (depth, read_at) = match self.observations().get_at(&trigger.query()).await {
-                Ok(r) => r,
-                Err(e) => {
-                    d.error = format!("{} read failed: {e}", trigger.kind().name());
-                    triggers.push(d);
-                    continue;
-                }
-            };
+            let (depth, read_at) =
+                match self.observations().get_by(&trigger.query(), deadline).await {
+                    Ok(r) => r,
+                    Err(error) => {
+                        // The same text as GetMetrics's status for this failure.
+                        d.error = crate::error::Error::Source {
+                            source_name: trigger.kind().name(),
+                            error,
+                        }
+                        .to_string();
+                        triggers.push(d);
+                        continue;
+                    }
+                };
             observed_at = observed_at.max(unix_seconds(read_at));
             d.waiting = depth.waiting as f64;
             d.in_flight = depth.in_flight as f64;
-            self.restore_history(&trigger).await;
+            let _ = tokio::time::timeout_at(deadline.into(), self.restore_history(&trigger)).await;
             match trigger.planned() {
                 Some(config) => {
                     let a = self.plans().answer(
@@ -183,10 +224,11 @@ impl Scaler {
                     d.forecast = a
                         .forecast
                         .iter()
-                        .map(|(at, replicas)| ForecastPoint {
+                        .zip(&a.forecast_rates)
+                        .map(|((at, replicas), rate)| ForecastPoint {
                             at_unix_ms: ms(*at),
                             replicas: *replicas,
-                            arrivals_per_second: 0.0,
+                            arrivals_per_second: *rate,
                         })
                         .collect();
                     d.forecast_state = a.forecast_state.into();
@@ -249,7 +291,11 @@ impl Scaler {
                         .map(|p| p.replicas)
                         .max()
                         .unwrap_or(0),
-                    arrivals_per_second: 0.0,
+                    arrivals_per_second: readable
+                        .iter()
+                        .filter_map(|t| t.forecast.get(i))
+                        .map(|p| p.arrivals_per_second)
+                        .sum(),
                 }
             })
             .collect();

@@ -27,6 +27,7 @@ pub enum Error {
 impl Error {
     pub fn code(&self) -> Code {
         match self {
+            Error::Metadata(e) if e.is_refusal() => Code::PermissionDenied,
             Error::Metadata(_) | Error::Request(_) => Code::InvalidArgument,
             Error::Source { error, .. } => match error {
                 SourceError::Auth { .. } => Code::PermissionDenied,
@@ -38,9 +39,8 @@ impl Error {
                 | SourceError::Protocol { .. } => Code::Unavailable,
                 SourceError::Secret(e) => match e {
                     SecretError::Unavailable { .. } => Code::Unavailable,
-                    SecretError::Forbidden { .. } => Code::PermissionDenied,
-                    SecretError::NotFound { .. } | SecretError::MissingKey { .. } => Code::NotFound,
-                    SecretError::NotText { .. } => Code::FailedPrecondition,
+                    // One answer whether it is absent or refused: see SecretError.
+                    SecretError::Unreadable { .. } => Code::NotFound,
                 },
             },
         }

@@ -270,6 +270,32 @@ impl Forecaster {
         &self.config
     }
 
+    /// Whether a deserialised state has the shape its configuration implies (tables of one day
+    /// and one week of bins, finite numbers). A stored history is written by another process
+    /// and may be corrupt or from another version: an inconsistent one is dropped, never
+    /// indexed (an empty day table would divide by zero).
+    pub fn is_consistent(&self) -> bool {
+        let per_day = (DAY / self.bin()) as usize;
+        let finite = [
+            self.level,
+            self.trend,
+            self.resid,
+            self.var,
+            self.ar_cov,
+            self.ar_var,
+        ]
+        .iter()
+        .all(|v| v.is_finite());
+        self.day.len() == per_day
+            && self.week.len() == per_day * 7
+            && self.history.len() == per_day * 7
+            && finite
+            && self.day.iter().chain(&self.week).all(|v| v.is_finite())
+            && self
+                .open
+                .is_none_or(|(_, n, s)| n.is_finite() && s.is_finite())
+    }
+
     fn bin(&self) -> i64 {
         self.config.valid_bin()
     }

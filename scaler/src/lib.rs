@@ -9,12 +9,16 @@
 //! Layering: [`sources`] know their queues and nothing of gRPC or KEDA; [`service`] knows the
 //! protocol; [`server`] wires the process together.
 
+pub mod access;
+pub mod bounds;
+pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod demand;
 pub mod error;
 pub mod estimate;
 pub mod forecast;
+pub mod keys;
 pub mod metadata;
 pub mod metrics;
 pub mod observations;

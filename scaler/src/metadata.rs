@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use crate::access::Access;
 use crate::secrets::{Credential, SECRET, SecretRef};
 
 /// Keys KEDA itself reads from an `external` / `external-push` trigger (the connection to the
@@ -57,6 +58,11 @@ pub enum Problem {
     Unknown { key: String, hint: Option<String> },
     /// Keys that cannot be given together, or a rule across keys.
     Conflict { keys: Vec<String>, reason: String },
+    /// A value the operator's rules refuse (a Secret in another namespace, a backend outside
+    /// the allow-list: [`crate::access`]). Answered `PERMISSION_DENIED`.
+    NotAllowed { key: String, reason: String },
+    /// A value over one of the scaler's input bounds ([`crate::bounds`]).
+    TooLarge { key: String, bound: String },
 }
 
 impl fmt::Display for Problem {
@@ -67,7 +73,24 @@ impl fmt::Display for Problem {
                 key,
                 value: Some(value),
                 expected,
-            } => write!(f, "key `{key}`: {value:?} is not {expected}"),
+            } => {
+                // A value can be 32 KiB: the error (a KEDA condition, a log line) shows its start.
+                const SHOWN: usize = 120;
+                if value.len() > SHOWN {
+                    let cut = (0..=SHOWN)
+                        .rev()
+                        .find(|i| value.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    write!(
+                        f,
+                        "key `{key}`: {:?}… ({} bytes) is not {expected}",
+                        &value[..cut],
+                        value.len()
+                    )
+                } else {
+                    write!(f, "key `{key}`: {value:?} is not {expected}")
+                }
+            }
             Problem::Invalid {
                 key,
                 value: None,
@@ -82,6 +105,8 @@ impl fmt::Display for Problem {
                 let keys: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
                 write!(f, "keys {}: {reason}", keys.join(", "))
             }
+            Problem::NotAllowed { key, reason } => write!(f, "key `{key}`: {reason}"),
+            Problem::TooLarge { key, bound } => write!(f, "key `{key}`: over the bound: {bound}"),
         }
     }
 }
@@ -106,6 +131,14 @@ impl fmt::Display for MetadataError {
 }
 
 impl MetadataError {
+    /// Whether the operator's rules refused a value (`PERMISSION_DENIED` rather than
+    /// `INVALID_ARGUMENT`).
+    pub fn is_refusal(&self) -> bool {
+        self.problems
+            .iter()
+            .any(|p| matches!(p, Problem::NotAllowed { .. }))
+    }
+
     pub fn one(problem: Problem) -> Self {
         Self {
             problems: vec![problem],
@@ -119,7 +152,9 @@ impl MetadataError {
             .flat_map(|p| match p {
                 Problem::Missing { key }
                 | Problem::Invalid { key, .. }
-                | Problem::Unknown { key, .. } => vec![key.as_str()],
+                | Problem::Unknown { key, .. }
+                | Problem::NotAllowed { key, .. }
+                | Problem::TooLarge { key, .. } => vec![key.as_str()],
                 Problem::Conflict { keys, .. } => keys.iter().map(String::as_str).collect(),
             })
             .collect()
@@ -139,6 +174,8 @@ pub struct Reader<'a> {
     problems: Vec<Problem>,
     /// The ScaledObject's namespace: where `<name>/<key>` Secret references point.
     namespace: Option<&'a str>,
+    /// What the operator lets triggers name.
+    access: &'a Access,
 }
 
 /// Whether a credential may be given as a plain metadata value.
@@ -158,12 +195,34 @@ impl<'a> Reader<'a> {
             .map(|(k, v)| (k.as_str(), v.trim()))
             .filter(|(_, v)| !v.is_empty())
             .collect();
+        // Over a bound, nothing is parsed: a parser could amplify the input (ranges, lists).
+        let problems: Vec<Problem> = crate::bounds::metadata_excess(metadata)
+            .into_iter()
+            .map(|(key, bound)| Problem::TooLarge { key, bound })
+            .collect();
+        let values = if problems.is_empty() {
+            values
+        } else {
+            BTreeMap::new()
+        };
         Self {
             values,
             read: Vec::new(),
-            problems: Vec::new(),
+            problems,
             namespace: None,
+            access: &crate::access::DEFAULT,
         }
+    }
+
+    /// Sets the operator's rules (default: Secrets in the ScaledObject's namespace only).
+    pub fn with_access(mut self, access: &'a Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// The operator's rules.
+    pub fn access(&self) -> &'a Access {
+        self.access
     }
 
     /// Sets the ScaledObject's namespace, the default of `...Secret` references.
@@ -249,7 +308,17 @@ impl<'a> Reader<'a> {
             return None;
         }
         match SecretRef::parse(v, self.namespace) {
-            Ok(reference) => Some(Credential::secret(k, reference)),
+            Ok(reference) => {
+                let own = self.namespace.unwrap_or_default();
+                if let Some(reason) = self.access.check_secret(own, &reference.namespace) {
+                    self.problem(Problem::NotAllowed {
+                        key: k.to_string(),
+                        reason,
+                    });
+                    return None;
+                }
+                Some(Credential::secret(k, reference))
+            }
             Err(why) => {
                 // A reference names where a secret is, not the secret: safe to show.
                 self.problem(Problem::Invalid {

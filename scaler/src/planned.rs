@@ -47,6 +47,8 @@ pub struct PlannedAnswer {
     pub decision: Decision,
     /// Replicas wanted per step over the horizon asked for (empty when none was asked).
     pub forecast: Vec<(f64, u32)>,
+    /// The arrival rate expected at each of those steps (0 when unknown).
+    pub forecast_rates: Vec<f64>,
     pub inputs: Option<crate::planner::DemandInputs>,
     /// `off`, `learning` or `ready`.
     pub forecast_state: &'static str,
@@ -106,11 +108,17 @@ impl Plans {
             (_, false) => "learning",
             (_, true) => "ready",
         };
+        let forecast = forecast
+            .map(|(horizon, step)| p.forecast(now, horizon, step))
+            .unwrap_or_default();
+        let forecast_rates = forecast
+            .iter()
+            .map(|(at, _)| p.rate_at(*at).unwrap_or(0.0))
+            .collect();
         PlannedAnswer {
             decision: p.decide(now),
-            forecast: forecast
-                .map(|(horizon, step)| p.forecast(now, horizon, step))
-                .unwrap_or_default(),
+            forecast,
+            forecast_rates,
             inputs: p.inputs(),
             forecast_state,
             forecast_error: p
@@ -211,12 +219,15 @@ impl Plans {
 
 /// A stable name for a queue + configuration: a hash, so no endpoint, queue name or credential
 /// appears in the store's keys.
+/// The persisted key of a queue's history: the queue's identity ([`crate::keys`]), not the
+/// configuration's — a configuration that changed keeps what still fits (see
+/// [`Planner::with_state`]) instead of orphaning the history.
 fn store_key(key: &PlanKey) -> String {
-    let text = format!("{:?}|{}", key.0, key.1);
-    let h = text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    });
-    format!("planner:{h:016x}")
+    format!(
+        "planner:v{}:{:016x}",
+        crate::keys::KEY_VERSION,
+        key.0.identity().hash()
+    )
 }
 
 #[cfg(test)]
@@ -310,5 +321,27 @@ mod tests {
         );
         assert_eq!(a.decision.desired, 6);
         assert!(a.decision.active);
+    }
+
+    #[test]
+    fn the_history_key_is_the_queues_identity_pinned_across_configurations() {
+        let a = trigger(&[
+            ("source", "redis-list"),
+            ("address", "r:6379"),
+            ("listName", "jobs"),
+            ("metric", "replicas"),
+        ]);
+        let b = trigger(&[
+            ("source", "redis-list"),
+            ("address", "r:6379"),
+            ("listName", "jobs"),
+            ("metric", "replicas"),
+            ("serviceTimeSeconds", "30"),
+            ("password", "not-in-the-key"),
+        ]);
+        let key = Plans::key_of(&a.query(), a.planned().unwrap());
+        // Pinned: a change orphans every stored history (bump keys::KEY_VERSION instead).
+        assert_eq!(key, "planner:v1:56e2e517eca5c67f");
+        assert_eq!(key, Plans::key_of(&b.query(), b.planned().unwrap()));
     }
 }

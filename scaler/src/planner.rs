@@ -264,6 +264,7 @@ impl Planner {
         }
         if let (Some(mine), Some(theirs)) = (&mut p.forecaster, state.forecaster)
             && theirs.config() == mine.config()
+            && theirs.is_consistent()
         {
             *mine = theirs;
         }
@@ -398,6 +399,13 @@ impl Planner {
                 (at, self.needed(now, at, 0.0))
             })
             .collect()
+    }
+
+    /// The arrival rate (tasks per second) expected at `at`: the forecast's, or without a
+    /// ready forecast the current estimate; `None` when neither is known.
+    pub fn rate_at(&self, at: f64) -> Option<f64> {
+        self.forecast_rate(at, at)
+            .or_else(|| self.estimator.arrival_rate())
     }
 
     /// The forecaster's error at the lead time, when the forecast is on.
@@ -602,5 +610,23 @@ mod tests {
         let q = Planner::with_state(p.config().clone(), state);
         assert_eq!(q.decide(500.0), p.decide(500.0));
         assert_eq!(q.inputs(), p.inputs());
+    }
+
+    #[test]
+    fn a_corrupt_stored_forecaster_is_dropped_instead_of_panicking() {
+        let mut p = planner(&[("forecast", "seasonal"), ("serviceTimeSeconds", "5")]);
+        for i in 0..100u64 {
+            p.observe(Observation::depth(i as f64 * 5.0, i, 1));
+        }
+        let mut json: serde_json::Value = serde_json::to_value(p.state()).unwrap();
+        // Tables of the wrong length: `day` empty (a modulo by zero) and `history` short.
+        json["forecaster"]["day"] = serde_json::json!([]);
+        json["forecaster"]["history"] = serde_json::json!([1.0]);
+        let state: PlannerState = serde_json::from_value(json).unwrap();
+        let mut q = Planner::with_state(p.config().clone(), state);
+        q.observe(Observation::depth(600.0, 3, 1));
+        let _ = q.decide(700.0);
+        let _ = q.desired_at(700.0, 1300.0);
+        assert!(!q.forecast_ready(), "started afresh");
     }
 }

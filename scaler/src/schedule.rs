@@ -65,6 +65,8 @@ pub enum ScheduleError {
         window: String,
         reason: String,
     },
+    #[error("key `schedule`: {count} windows; at most {max} (the scaler's bound)", max = crate::bounds::MAX_SCHEDULE_WINDOWS)]
+    TooManyWindows { count: usize },
 }
 
 impl ScheduleError {
@@ -72,7 +74,9 @@ impl ScheduleError {
     pub fn key(&self) -> &'static str {
         match self {
             ScheduleError::UnknownTimezone { .. } => "timezone",
-            ScheduleError::Empty | ScheduleError::Window { .. } => "schedule",
+            ScheduleError::Empty
+            | ScheduleError::Window { .. }
+            | ScheduleError::TooManyWindows { .. } => "schedule",
         }
     }
 
@@ -84,6 +88,10 @@ impl ScheduleError {
             ScheduleError::Window { index, reason, .. } => {
                 format!("valid (window {index}: {reason})")
             }
+            ScheduleError::TooManyWindows { count } => format!(
+                "at most {} windows, not {count}",
+                crate::bounds::MAX_SCHEDULE_WINDOWS
+            ),
         }
     }
 }
@@ -512,6 +520,10 @@ impl Schedule {
                 .parse::<Tz>()
                 .map_err(|_| ScheduleError::UnknownTimezone { value: name.into() })?,
         };
+        let count = schedule.split(';').filter(|w| !w.trim().is_empty()).count();
+        if count > crate::bounds::MAX_SCHEDULE_WINDOWS {
+            return Err(ScheduleError::TooManyWindows { count });
+        }
         let mut windows = Vec::new();
         for (i, text) in schedule.split(';').enumerate() {
             let text = text.trim();

@@ -17,7 +17,7 @@
 //! RBAC can grant `get`/`list`/`watch` limited by `resourceNames`; a watch nobody used for
 //! [`IDLE_WATCH`] is stopped by [`Secrets::sweep`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,11 +30,17 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
+use crate::cache::BoundedMap;
+
 /// Suffix of keys whose value names a Secret key.
 pub const SECRET: &str = "Secret";
 
 /// A watch nobody resolved through for this long is stopped (the next use starts it again).
 pub const IDLE_WATCH: Duration = Duration::from_secs(600);
+
+/// Secrets watched at once (each a watch on the API server); past it the least recently used
+/// watch is stopped.
+pub const MAX_WATCHES: usize = 1_024;
 
 /// One key of one Secret.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,7 +99,7 @@ impl SecretRef {
 }
 
 /// RFC 1123 label: what a namespace name must be.
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -181,6 +187,11 @@ impl Credential {
 }
 
 /// Why a `...Secret` key could not be resolved. Names the key and the Secret, never a value.
+///
+/// A Secret that does not exist, one the scaler may not read, a missing key and a value that is
+/// not text are one error to the caller ([`SecretError::Unreadable`], `NOT_FOUND`): a caller
+/// must not learn whether a Secret it may not read exists. The scaler's log and the
+/// `kind` label of `headroom_scaler_backend_errors_total` say which it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
     #[error("`{key}`: cannot read Secret {secret} from the Kubernetes API: {reason}")]
@@ -190,27 +201,27 @@ pub enum SecretError {
         reason: String,
     },
     #[error(
-        "`{key}`: the scaler may not read Secret {secret} (grant get, list and watch on it): {reason}"
+        "`{key}`: key `{field}` of Secret {secret} cannot be read: the Secret or the key does not \
+         exist, or the scaler may not read it (the scaler's log says which)"
     )]
-    Forbidden {
-        key: String,
-        secret: String,
-        reason: String,
-    },
-    #[error("`{key}`: Secret {secret} not found")]
-    NotFound { key: String, secret: String },
-    #[error("`{key}`: Secret {secret} has no key `{field}`")]
-    MissingKey {
+    Unreadable {
         key: String,
         secret: String,
         field: String,
+        /// For the operator only: logs and metrics.
+        why: Unreadable,
     },
-    #[error("`{key}`: key `{field}` of Secret {secret} is not UTF-8 text")]
-    NotText {
-        key: String,
-        secret: String,
-        field: String,
-    },
+}
+
+/// What [`SecretError::Unreadable`] was, for the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// RBAC refused the watch (grant get, list and watch on it).
+    Forbidden,
+    NotFound,
+    MissingKey,
+    /// The key's value is not UTF-8 text.
+    NotText,
 }
 
 impl SecretError {
@@ -218,9 +229,11 @@ impl SecretError {
     pub fn kind(&self) -> &'static str {
         match self {
             SecretError::Unavailable { .. } => "unavailable",
-            SecretError::Forbidden { .. } => "forbidden",
-            SecretError::NotFound { .. } | SecretError::MissingKey { .. } => "not_found",
-            SecretError::NotText { .. } => "not_text",
+            SecretError::Unreadable { why, .. } => match why {
+                Unreadable::Forbidden => "forbidden",
+                Unreadable::NotFound | Unreadable::MissingKey => "not_found",
+                Unreadable::NotText => "not_text",
+            },
         }
     }
 }
@@ -256,7 +269,7 @@ pub struct Secrets {
     kubeconfig: Option<PathBuf>,
     timeout: Duration,
     client: tokio::sync::Mutex<Option<kube::Client>>,
-    watches: Mutex<HashMap<(String, String), Watched>>,
+    watches: Mutex<BoundedMap<(String, String), Watched>>,
 }
 
 impl fmt::Debug for Secrets {
@@ -283,7 +296,7 @@ impl Secrets {
             kubeconfig,
             timeout,
             client: tokio::sync::Mutex::default(),
-            watches: Mutex::default(),
+            watches: Mutex::new(BoundedMap::new("secret_watches", MAX_WATCHES, IDLE_WATCH)),
         }
     }
 
@@ -297,7 +310,7 @@ impl Secrets {
         self.client.lock().await.is_some()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Watched>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BoundedMap<(String, String), Watched>> {
         self.watches
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -344,33 +357,32 @@ impl Secrets {
                 )));
             }
         };
+        let unreadable = |why: Unreadable| {
+            tracing::debug!(
+                key = metadata_key,
+                secret = %r,
+                ?why,
+                "secret key unreadable"
+            );
+            SecretError::Unreadable {
+                key: metadata_key.to_string(),
+                secret: r.secret(),
+                field: r.key.clone(),
+                why,
+            }
+        };
         match current {
             State::Syncing => Err(unavailable("not listed yet".into())),
             State::Failed { forbidden, reason } => Err(if forbidden {
-                SecretError::Forbidden {
-                    key: metadata_key.to_string(),
-                    secret: r.secret(),
-                    reason,
-                }
+                unreadable(Unreadable::Forbidden)
             } else {
                 unavailable(reason)
             }),
-            State::Absent => Err(SecretError::NotFound {
-                key: metadata_key.to_string(),
-                secret: r.secret(),
-            }),
+            State::Absent => Err(unreadable(Unreadable::NotFound)),
             State::Present(data) => match data.get(&r.key) {
-                None => Err(SecretError::MissingKey {
-                    key: metadata_key.to_string(),
-                    secret: r.secret(),
-                    field: r.key.clone(),
-                }),
+                None => Err(unreadable(Unreadable::MissingKey)),
                 Some(bytes) => {
-                    String::from_utf8(bytes.0.clone()).map_err(|_| SecretError::NotText {
-                        key: metadata_key.to_string(),
-                        secret: r.secret(),
-                        field: r.key.clone(),
-                    })
+                    String::from_utf8(bytes.0.clone()).map_err(|_| unreadable(Unreadable::NotText))
                 }
             },
         }
@@ -385,7 +397,7 @@ impl Secrets {
         let id = (r.namespace.clone(), r.name.clone());
         {
             let mut watches = self.lock();
-            if let Some(w) = watches.get_mut(&id)
+            if let Some(w) = watches.get(&id)
                 && !w.task.is_finished()
             {
                 w.last_used = Instant::now();
@@ -402,7 +414,7 @@ impl Secrets {
             })?;
         let mut watches = self.lock();
         // Another caller may have started it while the client was being made.
-        if let Some(w) = watches.get_mut(&id)
+        if let Some(w) = watches.get(&id)
             && !w.task.is_finished()
         {
             w.last_used = Instant::now();
@@ -573,15 +585,29 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_the_key_and_the_secret() {
-        let e = SecretError::MissingKey {
-            key: "passwordSecret".into(),
-            secret: "apps/redis-auth".into(),
-            field: "pw".into(),
-        };
-        assert_eq!(
-            e.to_string(),
-            "`passwordSecret`: Secret apps/redis-auth has no key `pw`"
+    fn absent_refused_and_missing_keys_are_one_error_naming_the_key_and_the_secret() {
+        let texts: Vec<String> = [
+            Unreadable::Forbidden,
+            Unreadable::NotFound,
+            Unreadable::MissingKey,
+            Unreadable::NotText,
+        ]
+        .into_iter()
+        .map(|why| {
+            SecretError::Unreadable {
+                key: "passwordSecret".into(),
+                secret: "apps/redis-auth".into(),
+                field: "pw".into(),
+                why,
+            }
+            .to_string()
+        })
+        .collect();
+        assert!(texts.iter().all(|t| *t == texts[0]), "{texts:?}");
+        assert!(
+            texts[0].starts_with("`passwordSecret`: key `pw` of Secret apps/redis-auth"),
+            "{}",
+            texts[0]
         );
     }
 

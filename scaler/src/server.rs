@@ -17,6 +17,8 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use headroom_common::parse_duration;
 
+use crate::access::Access;
+use crate::bounds;
 use crate::metrics;
 use crate::observations::Observations;
 use crate::push::{PushHub, PushSettings};
@@ -76,6 +78,20 @@ pub struct ServeArgs {
     /// API server only once a trigger uses a `...Secret` key.
     #[arg(long, env = "HEADROOM_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Namespaces whose Secrets a `...Secret` key of any ScaledObject may name, comma-separated.
+    /// Default none: a trigger reads Secrets only in its ScaledObject's own namespace.
+    #[arg(long, env = "HEADROOM_SHARED_SECRET_NAMESPACES")]
+    pub shared_secret_namespaces: Option<String>,
+    /// Backends triggers may name, comma-separated: host names (`redis.queues.svc`), domains
+    /// (`*.queues.svc`), IP ranges (`10.0.0.0/8`) and URL prefixes
+    /// (`https://sqs.eu-west-1.amazonaws.com/123456789012/`). Default: any backend.
+    #[arg(long, env = "HEADROOM_ALLOWED_BACKENDS")]
+    pub allowed_backends: Option<String>,
+    /// After SIGTERM, how long the scaler keeps answering while health says NOT_SERVING and
+    /// /readyz fails, so that KEDA and the Service stop sending calls before it closes. Then
+    /// calls in progress get --shutdown-grace.
+    #[arg(long, env = "HEADROOM_DRAIN_DELAY", default_value = "5s")]
+    pub drain_delay: String,
 }
 
 /// Validated server configuration.
@@ -94,6 +110,10 @@ pub struct ServeConfig {
     pub persistent_lag_interval: Duration,
     /// `--kubeconfig`: where `...Secret` keys are read (`None`: in-cluster or inferred).
     pub kubeconfig: Option<PathBuf>,
+    /// `--shared-secret-namespaces` and `--allowed-backends`.
+    pub access: Access,
+    /// `--drain-delay`.
+    pub drain_delay: Duration,
 }
 
 /// TLS material, read at start.
@@ -127,6 +147,8 @@ impl ServeConfig {
             history_url: None,
             persistent_lag_interval: crate::service::PERSISTENT_LAG_INTERVAL,
             kubeconfig: None,
+            access: Access::default(),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -167,6 +189,17 @@ impl ServeArgs {
         );
         let push_heartbeat = dur("push-heartbeat", &self.push_heartbeat, false);
         let shutdown_grace = dur("shutdown-grace", &self.shutdown_grace, true);
+        let drain_delay = dur("drain-delay", &self.drain_delay, true);
+        let access = match Access::new(
+            self.shared_secret_namespaces.as_deref(),
+            self.allowed_backends.as_deref(),
+        ) {
+            Ok(a) => a,
+            Err(es) => {
+                errors.extend(es.into_iter().map(|e| e.to_string()));
+                Access::default()
+            }
+        };
         let mut read = |flag: &str, path: &PathBuf| match std::fs::read(path) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -228,6 +261,8 @@ impl ServeArgs {
             history_url: self.history_url.clone(),
             persistent_lag_interval,
             kubeconfig: self.kubeconfig.clone(),
+            access,
+            drain_delay,
         })
     }
 }
@@ -261,7 +296,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts shutting down: NOT_SERVING, push streams end, calls in progress finish.
+    /// Starts shutting down: NOT_SERVING (still answering for the drain delay), then push
+    /// streams end and calls in progress finish within the grace period.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
@@ -311,14 +347,18 @@ pub async fn start(
         config.backend_timeout,
     ));
     let push = PushHub::new(observations.clone(), config.push);
+    // `shutdown`: SIGTERM (or Running::shutdown) arrived, the drain begins; `closing`: the drain
+    // is over, push streams end and the server stops accepting.
     let shutdown = CancellationToken::new();
+    let closing = CancellationToken::new();
     let scaler = Scaler::new(
         observations.clone(),
         push,
-        shutdown.clone(),
+        closing.clone(),
         config.push_heartbeat,
     )
-    .with_history(history, config.persistent_lag_interval);
+    .with_history(history, config.persistent_lag_interval)
+    .with_access(config.access.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ExternalScalerServer<Scaler>>().await;
@@ -326,7 +366,9 @@ pub async fn start(
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(bounds::MAX_CONCURRENT_CALLS_PER_CONNECTION)
+        .max_concurrent_streams(Some(bounds::MAX_CONCURRENT_STREAMS));
     if let Some(tls) = &config.tls {
         let mut tls_config =
             ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
@@ -337,8 +379,14 @@ pub async fn start(
     }
     let router = builder
         .add_service(health_service)
-        .add_service(ExternalScalerServer::new(scaler.clone()))
-        .add_service(DemandServer::new(scaler.clone()));
+        .add_service(
+            ExternalScalerServer::new(scaler.clone())
+                .max_decoding_message_size(bounds::MAX_GRPC_MESSAGE_BYTES),
+        )
+        .add_service(
+            DemandServer::new(scaler.clone())
+                .max_decoding_message_size(bounds::MAX_GRPC_MESSAGE_BYTES),
+        );
 
     let ready = CancellationToken::new();
     let app = headroom_common::health_router(metrics, {
@@ -355,7 +403,7 @@ pub async fn start(
     let sweeper = {
         let observations = observations.clone();
         let scaler = scaler.clone();
-        let shutdown = shutdown.clone();
+        let shutdown = closing.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             // Planner histories go to the store every 30 s and once more on shutdown, so a
@@ -369,11 +417,13 @@ pub async fn start(
                         let idle = Duration::from_secs(600);
                         observations.sweep(idle);
                         observations.backends().kafka.sweep(idle);
+                        observations.backends().redis.sweep();
                         observations.backends().secrets.sweep(crate::secrets::IDLE_WATCH);
                         // Planners hold a queue's learned history: kept for a day without calls
                         // (a ScaledObject paused overnight keeps its forecast).
                         scaler.plans().sweep(Duration::from_secs(86_400));
                         metrics::planners(scaler.plans().len());
+                        metrics::refresh();
                         scaler.seen().sweep(idle);
                     }
                     () = shutdown.cancelled() => {
@@ -387,9 +437,11 @@ pub async fn start(
 
     let task = {
         let shutdown = shutdown.clone();
+        let closing = closing.clone();
         let grace = config.shutdown_grace;
+        let drain = config.drain_delay;
         tokio::spawn(async move {
-            let http_shutdown = shutdown.clone();
+            let http_shutdown = closing.clone();
             let http = tokio::spawn(async move {
                 axum::serve(http, app)
                     .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
@@ -397,6 +449,7 @@ pub async fn start(
             });
             let signal = {
                 let shutdown = shutdown.clone();
+                let closing = closing.clone();
                 async move {
                     shutdown.cancelled().await;
                     ready.cancel();
@@ -404,6 +457,10 @@ pub async fn start(
                         .set_not_serving::<ExternalScalerServer<Scaler>>()
                         .await;
                     health.set_not_serving::<DemandServer<Scaler>>().await;
+                    // Still answering: KEDA's calls that race the endpoint's removal succeed.
+                    tracing::info!(drain = ?drain, "draining: health NOT_SERVING, still answering");
+                    tokio::time::sleep(drain).await;
+                    closing.cancel();
                     tracing::info!(grace = ?grace, "shutting down");
                 }
             };
@@ -412,7 +469,7 @@ pub async fn start(
                 tokio::pin!(grpc);
                 tokio::select! {
                     r = &mut grpc => r.map_err(ServeError::Grpc),
-                    () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                    () = async { closing.cancelled().await; tokio::time::sleep(grace).await } => {
                         tracing::warn!("calls still running after the grace period; stopping anyway");
                         Ok(())
                     }
@@ -459,6 +516,9 @@ mod tests {
             tls_key: None,
             tls_client_ca: None,
             kubeconfig: Some("/nonexistent/kubeconfig".into()),
+            shared_secret_namespaces: None,
+            allowed_backends: None,
+            drain_delay: "5s".into(),
         };
         let errors = args.validate().unwrap_err();
         assert_eq!(errors.len(), 5, "{errors:?}");

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::access::Access;
 use crate::demand::Seen;
 use crate::error::Error;
 use crate::metrics;
@@ -48,6 +49,8 @@ pub struct Scaler {
     heartbeat: Duration,
     history: Arc<SharedState>,
     persistent_lag_interval: Duration,
+    /// What the operator lets triggers name (Secrets' namespaces, backends).
+    access: Arc<Access>,
 }
 
 /// Default of `--persistent-lag-interval`.
@@ -70,7 +73,32 @@ impl Scaler {
             heartbeat,
             history: Arc::new(SharedState::default()),
             persistent_lag_interval: PERSISTENT_LAG_INTERVAL,
+            access: Arc::default(),
         }
+    }
+
+    /// Parses triggers under the operator's `access` rules (default: Secrets only in the
+    /// ScaledObject's namespace, any backend).
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = Arc::new(access);
+        self
+    }
+
+    /// Parses a trigger of the ScaledObject in `namespace` under the operator's rules.
+    pub fn parse_trigger(
+        &self,
+        metadata: &std::collections::HashMap<String, String>,
+        namespace: &str,
+    ) -> Result<Trigger, crate::metadata::MetadataError> {
+        Trigger::parse_with(metadata, namespace, &self.access)
+    }
+
+    fn parse<'r>(
+        &self,
+        r: Option<&'r ScaledObjectRef>,
+    ) -> Result<(&'r ScaledObjectRef, Trigger), Error> {
+        let r = r.ok_or(Error::Request("request has no scaledObjectRef"))?;
+        Ok((r, self.parse_trigger(&r.scaler_metadata, &r.namespace)?))
     }
 
     /// Keeps per-trigger state (Kafka's `excludePersistentLag`) in `history`, comparing with
@@ -118,28 +146,41 @@ impl Scaler {
         }
     }
 
-    /// Reads the trigger's queue (through the observation cache) and answers for it.
+    /// Reads the trigger's queue (through the observation cache) and answers for it, within
+    /// one deadline taken now (`--backend-timeout`): the read, the persistent-lag state and the
+    /// history restore all count against it.
     pub async fn answer(&self, r: &ScaledObjectRef, trigger: &Trigger) -> Result<Answer, Error> {
+        let deadline = self.observations.deadline();
         let source_error = |error| Error::Source {
             source_name: trigger.kind().name(),
             error,
         };
         let (depth, read_at) = self
             .observations
-            .get_at(&trigger.query())
+            .get_by(&trigger.query(), deadline)
             .await
             .map_err(source_error)?;
-        let persistent = self
-            .persistent(r, trigger, &depth)
-            .await
-            .map_err(source_error)?;
+        let persistent =
+            match tokio::time::timeout_at(deadline.into(), self.persistent(r, trigger, &depth))
+                .await
+            {
+                Ok(p) => p.map_err(source_error)?,
+                Err(_) => {
+                    return Err(source_error(SourceError::Timeout {
+                        endpoint: self.history.label(),
+                        after: self.observations.timeout(),
+                    }));
+                }
+            };
         self.seen.record(
             &r.namespace,
             &r.name,
             &trigger.metric_name,
             &r.scaler_metadata,
         );
-        self.restore_history(trigger).await;
+        // Only what is left of the deadline: a slow history store costs the learned history
+        // (the answer starts reactive), never the answer.
+        let _ = tokio::time::timeout_at(deadline.into(), self.restore_history(trigger)).await;
         let answer = self.evaluate(trigger, &depth, &persistent, read_at);
         if trigger.planned().is_some() {
             metrics::desired_replicas(
@@ -274,11 +315,6 @@ impl Scaler {
     }
 }
 
-fn parse(r: Option<&ScaledObjectRef>) -> Result<(&ScaledObjectRef, Trigger), Error> {
-    let r = r.ok_or(Error::Request("request has no scaledObjectRef"))?;
-    Ok((r, Trigger::parse_in(&r.scaler_metadata, &r.namespace)?))
-}
-
 /// Times a call, records its metrics, and turns its error into a status.
 async fn observe<T>(
     rpc: &'static str,
@@ -323,7 +359,7 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<IsActiveResponse>, Status> {
         let r = request.into_inner();
         observe("is_active", Some(&r), async {
-            let (r, trigger) = parse(Some(&r)).map_err(|e| (e, None))?;
+            let (r, trigger) = self.parse(Some(&r)).map_err(|e| (e, None))?;
             let kind = trigger.kind();
             let answer = self
                 .answer(r, &trigger)
@@ -348,7 +384,7 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let r = request.into_inner();
         let trigger = observe("stream_is_active", Some(&r), async {
-            let (_, trigger) = parse(Some(&r)).map_err(|e| (e, None))?;
+            let (_, trigger) = self.parse(Some(&r)).map_err(|e| (e, None))?;
             let kind = trigger.kind();
             Ok((trigger, kind))
         })
@@ -370,7 +406,7 @@ impl ExternalScaler for Scaler {
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
         let r = request.into_inner();
         observe("get_metric_spec", Some(&r), async {
-            let (_, trigger) = parse(Some(&r)).map_err(|e| (e, None))?;
+            let (_, trigger) = self.parse(Some(&r)).map_err(|e| (e, None))?;
             Ok((Self::metric_spec(&trigger), trigger.kind()))
         })
         .await
@@ -384,7 +420,7 @@ impl ExternalScaler for Scaler {
         let req = request.into_inner();
         let r = req.scaled_object_ref.as_ref();
         observe("get_metrics", r, async {
-            let (r, trigger) = parse(r).map_err(|e| (e, None))?;
+            let (r, trigger) = self.parse(r).map_err(|e| (e, None))?;
             let kind = trigger.kind();
             if !req.metric_name.eq_ignore_ascii_case(&trigger.metric_name) {
                 // KEDA files the value under the name it asked for, so answering is safe; a

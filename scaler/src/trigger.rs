@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use crate::access::Access;
 use crate::metadata::{MetadataError, Problem, Reader, normalize_metric_name};
 use crate::planner::{self, PlannedConfig};
 use crate::sources::kafka::Persistent;
@@ -48,7 +49,24 @@ impl Trigger {
         metadata: &HashMap<String, String>,
         namespace: &str,
     ) -> Result<Self, MetadataError> {
-        let mut r = Reader::new(metadata).in_namespace(namespace);
+        Self::parse_with(metadata, namespace, &crate::access::DEFAULT)
+    }
+
+    /// Parses the metadata of a trigger of a ScaledObject in `namespace` under the operator's
+    /// `access` rules: a `...Secret` key outside the namespaces they allow, or a backend outside
+    /// their allow-list, is refused here, before anything is read or sent.
+    pub fn parse_with(
+        metadata: &HashMap<String, String>,
+        namespace: &str,
+        access: &Access,
+    ) -> Result<Self, MetadataError> {
+        let mut r = Reader::new(metadata)
+            .in_namespace(namespace)
+            .with_access(access);
+        if r.has_problems() {
+            // Over an input bound: nothing else is judged.
+            return Err(r.into_error());
+        }
         let kind = match r.string("source") {
             None => {
                 r.problem(Problem::Missing {
@@ -86,6 +104,16 @@ impl Trigger {
             return Err(r.into_error());
         };
         let source = SourceConfig::parse(kind, &mut r);
+        if let Some(source) = &source {
+            for endpoint in source.endpoints(metadata) {
+                if let Some(reason) = access.check_backend(&endpoint) {
+                    r.problem(Problem::NotAllowed {
+                        key: endpoint.key.to_string(),
+                        reason,
+                    });
+                }
+            }
+        }
         // The source owns the per-replica target (tasksPerReplica, listLength, ...): planned
         // mode uses it as its fallback when no service time is known.
         let metric = match (&source, planned) {
@@ -408,5 +436,203 @@ mod fuzz {
             let d = Depth::simple(activation as u64, 1);
             prop_assert!(t.answer_now(&d).active);
         }
+    }
+}
+
+#[cfg(test)]
+mod access {
+    use super::*;
+    use crate::metadata::md;
+
+    fn refused_keys(e: &MetadataError) -> Vec<&str> {
+        e.problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::NotAllowed { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_secret_in_another_namespace_is_refused_before_anything_is_read() {
+        let m = md(&[
+            ("source", "celery"),
+            ("address", "evil.example:6379"),
+            ("passwordSecret", "kube-system/x/token"),
+        ]);
+        let e = Trigger::parse_in(&m, "apps").unwrap_err();
+        assert!(e.is_refusal(), "{e}");
+        assert_eq!(refused_keys(&e), ["passwordSecret"], "{e}");
+        let status = tonic::Status::from(crate::error::Error::Metadata(e));
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status.message().contains("kube-system"),
+            "{}",
+            status.message()
+        );
+        // In the ScaledObject's own namespace, or a shared one, it parses.
+        let own = md(&[
+            ("source", "celery"),
+            ("address", "r:6379"),
+            ("passwordSecret", "apps/x/token"),
+        ]);
+        assert!(Trigger::parse_in(&own, "apps").is_ok());
+        let shared = Access::new(Some("kube-system"), None).unwrap();
+        assert!(Trigger::parse_with(&m, "apps", &shared).is_ok());
+        // With no namespace known, only shared namespaces may be named.
+        assert!(Trigger::parse_in(&own, "").unwrap_err().is_refusal());
+    }
+
+    #[test]
+    fn backends_outside_the_allow_list_are_refused_naming_their_key() {
+        let access = Access::new(
+            None,
+            Some("redis.queues.svc, *.kafka.svc, https://sqs.eu-west-1.amazonaws.com/1/"),
+        )
+        .unwrap();
+        let cases: &[(&[(&str, &str)], &[&str])] = &[
+            (
+                &[("source", "celery"), ("address", "redis.queues.svc:6379")],
+                &[],
+            ),
+            (
+                &[("source", "celery"), ("address", "evil.example:6379")],
+                &["address"],
+            ),
+            (
+                &[
+                    ("source", "redis-list"),
+                    ("listName", "q"),
+                    ("host", "10.0.0.1"),
+                    ("port", "6379"),
+                ],
+                &["host"],
+            ),
+            (
+                &[
+                    ("source", "celery"),
+                    ("url", "redis://:pw@evil.example:6379/0"),
+                ],
+                &["url"],
+            ),
+            (
+                &[
+                    ("source", "kafka"),
+                    ("bootstrapServers", "b-1.kafka.svc:9092,evil:9092"),
+                    ("consumerGroup", "g"),
+                    ("topic", "t"),
+                ],
+                &["bootstrapServers"],
+            ),
+            (
+                &[
+                    ("source", "aws-sqs-queue"),
+                    ("queueURL", "https://sqs.eu-west-1.amazonaws.com/1/jobs"),
+                    ("awsRegion", "eu-west-1"),
+                ],
+                &[],
+            ),
+            (
+                &[
+                    ("source", "aws-sqs-queue"),
+                    ("queueURL", "https://sqs.eu-west-1.amazonaws.com/2/jobs"),
+                    ("awsRegion", "eu-west-1"),
+                ],
+                &["queueURL"],
+            ),
+            (
+                &[
+                    ("source", "aws-sqs-queue"),
+                    ("queueURL", "jobs"),
+                    ("awsRegion", "us-east-1"),
+                ],
+                &["awsRegion"],
+            ),
+            (
+                &[
+                    ("source", "aws-sqs-queue"),
+                    ("queueURL", "https://sqs.eu-west-1.amazonaws.com/1/jobs"),
+                    ("awsRegion", "eu-west-1"),
+                    ("awsEndpoint", "http://evil.example:4566"),
+                ],
+                &["awsEndpoint"],
+            ),
+        ];
+        for (pairs, refused) in cases {
+            let m = md(pairs);
+            match Trigger::parse_with(&m, "apps", &access) {
+                Ok(_) => assert!(refused.is_empty(), "{pairs:?} was accepted"),
+                Err(e) => {
+                    assert!(e.is_refusal(), "{pairs:?}: {e}");
+                    assert_eq!(refused_keys(&e), *refused, "{pairs:?}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_sqs_region_cannot_steer_the_endpoint_host() {
+        let m = md(&[
+            ("source", "aws-sqs-queue"),
+            ("queueURL", "jobs"),
+            ("awsRegion", "x.evil.example#"),
+        ]);
+        let e = Trigger::parse(&m).unwrap_err();
+        assert_eq!(e.keys(), ["awsRegion"], "{e}");
+    }
+
+    #[test]
+    fn metadata_over_the_bounds_is_refused_without_being_parsed() {
+        let mut m = md(&[("source", "kafka"), ("bootstrapServers", "k:9092")]);
+        m.insert(
+            "partitionLimitation".into(),
+            "0-100000,".repeat(crate::bounds::MAX_METADATA_BYTES / 9),
+        );
+        let e = Trigger::parse(&m).unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .all(|p| matches!(p, Problem::TooLarge { .. })),
+            "{e}"
+        );
+        assert!(e.to_string().len() < 1_000, "{}", e.to_string().len());
+    }
+
+    #[test]
+    fn amplifying_values_within_the_size_bound_are_refused_cheaply() {
+        // 9 bytes per 100 001 partitions: refused at the total, not expanded.
+        let m = md(&[
+            ("source", "kafka"),
+            ("bootstrapServers", "k:9092"),
+            ("consumerGroup", "g"),
+            ("topic", "t"),
+            ("partitionLimitation", &"0-100000,".repeat(100)),
+        ]);
+        let started = std::time::Instant::now();
+        let e = Trigger::parse(&m).unwrap_err();
+        assert_eq!(e.keys(), ["partitionLimitation"], "{e}");
+        assert!(e.to_string().contains("10000 partitions"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+
+        let queues: Vec<String> = (0..100).map(|i| format!("q{i}")).collect();
+        let m = md(&[
+            ("source", "celery"),
+            ("address", "r:6379"),
+            ("queues", &queues.join(",")),
+        ]);
+        let e = Trigger::parse(&m).unwrap_err();
+        assert_eq!(e.keys(), ["queues"], "{e}");
+        assert!(e.to_string().contains("400 lists"), "{e}");
+
+        let windows = vec!["0 9 * * * for 1h = 2"; 33].join("; ");
+        let m = md(&[
+            ("source", "celery"),
+            ("address", "r:6379"),
+            ("metric", "replicas"),
+            ("schedule", &windows),
+        ]);
+        let e = Trigger::parse(&m).unwrap_err();
+        assert_eq!(e.keys(), ["schedule"], "{e}");
     }
 }

@@ -230,3 +230,62 @@ async fn database_index_and_odd_queue_names_are_honoured() {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     );
 }
+
+#[tokio::test]
+async fn one_unacked_count_per_database_serves_every_queue_set_and_push_poll() {
+    let redis = RedisServer::start(&[]).unwrap();
+    let celery = Celery::new(&redis);
+    celery.enqueue("work", 6, None).unwrap();
+    let (_s, mut c) = start_scaler(config()).await.unwrap();
+    let addr = redis.address();
+    // Concurrency 1, prefetch 4, acks_late: 4 tasks move from the list into `unacked`.
+    let _worker = celery.worker("work", 1, 4, true).unwrap();
+    let waiting_only = md(&[
+        ("source", "celery"),
+        ("address", &addr),
+        ("queues", "work"),
+        ("includeUnacked", "false"),
+    ]);
+    eventually(Duration::from_secs(20), "worker prefetch", || {
+        let mut c = c.clone();
+        let m = waiting_only.clone();
+        async move { poll(&mut c, &m).await.ok().filter(|p| p.value == 2.0) }
+    })
+    .await
+    .unwrap();
+    // The in-flight count is at most UNACKED_TTL (5 s) old.
+    let work = md(&[("source", "celery"), ("address", &addr), ("queues", "work")]);
+    eventually(
+        Duration::from_secs(20),
+        "the prefetched tasks counted",
+        || {
+            let mut c = c.clone();
+            let m = work.clone();
+            async move { poll(&mut c, &m).await.ok().filter(|p| p.value == 6.0) }
+        },
+    )
+    .await
+    .unwrap();
+    let scans = redis.command_calls("zcount");
+    // Twenty queue sets of the same database, polled again and again within the count's TTL:
+    // their waiting lists are read every time, the unacked index once at most.
+    for round in 0..3 {
+        for i in 0..20 {
+            let m = md(&[
+                ("source", "celery"),
+                ("address", &addr),
+                ("queues", &format!("work,other-{i}")),
+            ]);
+            let p = poll(&mut c, &m).await.unwrap();
+            assert_eq!(
+                p.value, 6.0,
+                "round {round}, set {i}: waiting 2 + in flight 4"
+            );
+        }
+    }
+    let extra = redis.command_calls("zcount") - scans;
+    assert!(
+        extra <= 1,
+        "{extra} unacked scans for 60 polls of 20 queue sets"
+    );
+}

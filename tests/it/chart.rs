@@ -493,6 +493,15 @@ fn helm_install_with_bad_values_fails_naming_the_value_and_installs_nothing() {
             "/metrics/prometheusRule/severity",
         ),
         (&["--set", "dashboards.enabled=yes"], "/dashboards/enabled"),
+        (
+            // Secret reads are granted per namespace, never cluster-wide.
+            &["--set", "scaler.secretAccess.enabled=true"],
+            "scaler.secretAccess.namespaces",
+        ),
+        (
+            &["--set", "scaler.allowedBackends={a b}"],
+            "/scaler/allowedBackends",
+        ),
     ];
     for (args, names) in cases {
         let mut all = vec![

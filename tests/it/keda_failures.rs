@@ -144,7 +144,7 @@ spec:
     // A credential the scaler cannot read: the spec comes from metadata alone (so KEDA makes
     // the HPA), and every read answers NOT_FOUND naming the key and the Secret, which KEDA puts
     // on the ScaledObject as a KEDAScalerFailed event.
-    let expected = format!("`passwordSecret`: Secret {ns}/absent not found");
+    let expected = format!("`passwordSecret`: key `password` of Secret {ns}/absent cannot be read");
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let event = wait_until(WAIT, "locked: a KEDAScalerFailed event", || {
         let events = events.clone();

@@ -207,6 +207,64 @@ async fn demand_answers_for_what_keda_asked_and_for_metadata_it_is_given() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    // One readable trigger and one not: the answer is the readable one's, and the other's error
+    // is in its own entry, so the provisioner can hold capacity instead of reading a low demand.
+    let down = md(&[
+        ("source", "celery"),
+        ("address", "127.0.0.1:1"),
+        ("queues", "gone"),
+    ]);
+    let r = d
+        .get_demand(DemandRequest {
+            namespace: "test".into(),
+            name: "mixed".into(),
+            triggers: vec![
+                TriggerMetadata {
+                    metadata: m.clone(),
+                },
+                TriggerMetadata { metadata: down },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.triggers.len(), 2);
+    assert!(r.triggers[0].error.is_empty(), "{:?}", r.triggers[0]);
+    assert!(
+        r.triggers[1].error.contains("celery read failed"),
+        "{:?}",
+        r.triggers[1]
+    );
+
+    // Bounds: at most 16 triggers, at most 8 641 forecast points per trigger.
+    let many = DemandRequest {
+        namespace: "test".into(),
+        name: "many".into(),
+        triggers: vec![
+            TriggerMetadata {
+                metadata: m.clone()
+            };
+            17
+        ],
+        ..Default::default()
+    };
+    let e = d.get_demand(many).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("at most 16"), "{}", e.message());
+    let fine_grained = DemandRequest {
+        namespace: "test".into(),
+        name: "worker".into(),
+        triggers: vec![TriggerMetadata {
+            metadata: m.clone(),
+        }],
+        horizon_ms: 86_400_000,
+        step_ms: 1_000,
+    };
+    let e = d.get_demand(fine_grained).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("forecast points"), "{}", e.message());
 }
 
 #[tokio::test]

@@ -212,11 +212,13 @@ async fn a_missing_secret_or_key_is_named_in_the_error() {
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().contains("`passwordSecret`"), "{}", e.message());
     assert!(
-        e.message()
-            .contains(&format!("Secret {ns}/absent not found")),
+        e.message().contains(&format!(
+            "key `password` of Secret {ns}/absent cannot be read"
+        )),
         "{}",
         e.message()
     );
+    let absent = e.message().to_string();
 
     let m = md(&[
         ("source", "celery"),
@@ -226,10 +228,18 @@ async fn a_missing_secret_or_key_is_named_in_the_error() {
     let e = get_metrics(&mut c, &ns, &m).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(
-        e.message()
-            .contains(&format!("Secret {ns}/redis-auth has no key `pasword`")),
+        e.message().contains(&format!(
+            "key `pasword` of Secret {ns}/redis-auth cannot be read"
+        )),
         "{}",
         e.message()
+    );
+    // A missing key reads exactly like a missing Secret: a caller cannot tell which exists.
+    assert_eq!(
+        e.message()
+            .replace("pasword", "password")
+            .replace("redis-auth", "absent"),
+        absent
     );
     assert!(!e.message().contains("pw-value"), "{}", e.message());
 
@@ -271,5 +281,57 @@ async fn a_missing_secret_or_key_is_named_in_the_error() {
     let e = get_metrics(&mut c, &ns, &m).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("`passwordSecret`"), "{}", e.message());
+    running.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_of_another_namespace_is_refused_unless_the_operator_shares_that_namespace() {
+    let cluster = KubeCluster::shared().unwrap();
+    let client = cluster.client().await.unwrap();
+    let tenant = create_namespace(&client, "tenant").await.unwrap();
+    let shared = create_namespace(&client, "shared").await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), &shared)
+        .create(
+            &PostParams::default(),
+            &secret("redis-auth", &[("password", "pw-value")]),
+        )
+        .await
+        .unwrap();
+    let redis = RedisServer::start(&["--requirepass", "pw-value"]).unwrap();
+    let m = md(&[
+        ("source", "celery"),
+        ("address", &redis.address()),
+        ("passwordSecret", &format!("{shared}/redis-auth/password")),
+    ]);
+
+    // The Secret exists and the scaler's credentials could read it: refused all the same, and
+    // before the API server is asked.
+    let (running, mut c) = start_scaler(config(cluster)).await.unwrap();
+    let e = get_metrics(&mut c, &tenant, &m).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("`passwordSecret`"), "{}", e.message());
+    assert!(
+        e.message().contains("--shared-secret-namespaces"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        !running
+            .scaler
+            .observations()
+            .backends()
+            .secrets
+            .has_client()
+            .await
+    );
+    // From its own namespace the same reference reads.
+    assert_eq!(get_metrics(&mut c, &shared, &m).await.unwrap(), 0.0);
+    running.shutdown();
+
+    // Shared by the operator: readable from any namespace.
+    let mut config = config(cluster);
+    config.access = headroom_scaler::access::Access::new(Some(shared.as_str()), None).unwrap();
+    let (running, mut c) = start_scaler(config).await.unwrap();
+    assert_eq!(get_metrics(&mut c, &tenant, &m).await.unwrap(), 0.0);
     running.shutdown();
 }

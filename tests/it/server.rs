@@ -370,3 +370,206 @@ spec:
         "{text}"
     );
 }
+
+/// A TCP listener that counts the connections it receives: a backend that must never be
+/// contacted.
+async fn tripwire() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn a_secret_of_another_namespace_is_refused_and_nothing_is_sent_anywhere() {
+    let (evil, hits) = tripwire().await;
+    let (s, mut c) = start_scaler(ServeConfig::local()).await.unwrap();
+    let m = md(&[
+        ("source", "celery"),
+        ("address", &evil),
+        ("passwordSecret", "kube-system/bootstrap-token/token"),
+    ]);
+    // so_ref's namespace is `test`.
+    for e in [
+        poll(&mut c, &m).await.unwrap_err(),
+        c.is_active(so_ref(m.clone())).await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("`passwordSecret`"), "{}", e.message());
+        assert!(e.message().contains("kube-system"), "{}", e.message());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // No Kubernetes client was even made: the refusal came from the metadata.
+    assert!(
+        !s.scaler
+            .observations()
+            .backends()
+            .secrets
+            .has_client()
+            .await
+    );
+    s.shutdown();
+}
+
+#[tokio::test]
+async fn backends_outside_the_allow_list_are_refused_and_listed_ones_are_read() {
+    let redis = RedisServer::start(&[]).unwrap();
+    let (evil, hits) = tripwire().await;
+    let mut config = ServeConfig::local();
+    config.access = headroom_scaler::access::Access::new(None, Some("127.0.0.1/32")).unwrap();
+    let (s, mut c) = start_scaler(config).await.unwrap();
+    let allowed = md(&[("source", "celery"), ("address", &redis.address())]);
+    assert_eq!(poll(&mut c, &allowed).await.unwrap().value, 0.0);
+    // `localhost` is a name, not the listed range: nothing is resolved.
+    let port = evil.rsplit_once(':').unwrap().1;
+    let by_name = md(&[
+        ("source", "celery"),
+        ("address", &format!("localhost:{port}")),
+    ]);
+    let e = poll(&mut c, &by_name).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("`address`"), "{}", e.message());
+    assert!(
+        e.message().contains("--allowed-backends"),
+        "{}",
+        e.message()
+    );
+    let kafka = md(&[
+        ("source", "kafka"),
+        ("bootstrapServers", &format!("localhost:{port}")),
+        ("consumerGroup", "g"),
+        ("topic", "t"),
+    ]);
+    let e = poll(&mut c, &kafka).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("`bootstrapServers`"),
+        "{}",
+        e.message()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    s.shutdown();
+}
+
+#[tokio::test]
+async fn oversized_and_amplifying_metadata_is_refused_cheaply() {
+    let (s, mut c) = start_scaler(ServeConfig::local()).await.unwrap();
+    // Over the metadata bound (64 KiB): refused naming the bound, without a read.
+    let mut m = md(&[
+        ("source", "redis-list"),
+        ("address", "127.0.0.1:1"),
+        ("listName", "q"),
+    ]);
+    m.insert("padding".into(), "x".repeat(70 * 1024));
+    let e = poll(&mut c, &m).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("over the bound"), "{}", e.message());
+    assert!(
+        e.message().len() < 2_000,
+        "the error does not echo the input"
+    );
+    // 9 bytes asking for 100 001 partitions, repeated: refused at 10 000, already in
+    // GetMetricSpec (which KEDA calls without a backend).
+    let m = md(&[
+        ("source", "kafka"),
+        ("bootstrapServers", "127.0.0.1:1"),
+        ("consumerGroup", "g"),
+        ("topic", "t"),
+        ("partitionLimitation", &"0-100000,".repeat(1_000)),
+    ]);
+    let started = Instant::now();
+    let e = c.get_metric_spec(so_ref(m)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("partitionLimitation"),
+        "{}",
+        e.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // A message over the server's 1 MiB bound is refused by the transport.
+    let mut m = md(&[("source", "celery")]);
+    m.insert("huge".into(), "x".repeat(2 * 1024 * 1024));
+    let e = c.get_metric_spec(so_ref(m)).await.unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange | tonic::Code::Internal
+        ),
+        "{e:?}"
+    );
+    // The server is still fine.
+    let redis = RedisServer::start(&[]).unwrap();
+    let ok = md(&[("source", "celery"), ("address", &redis.address())]);
+    assert_eq!(poll(&mut c, &ok).await.unwrap().value, 0.0);
+    s.shutdown();
+}
+
+#[tokio::test]
+async fn shutdown_keeps_answering_through_the_drain_with_health_not_serving() {
+    let redis = RedisServer::start(&[]).unwrap();
+    let mut config = ServeConfig::local();
+    config.drain_delay = Duration::from_millis(1500);
+    let (s, mut c) = start_scaler(config).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", s.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let m = md(&[("source", "celery"), ("address", &redis.address())]);
+    assert_eq!(poll(&mut c, &m).await.unwrap().value, 0.0);
+    let stopping = Instant::now();
+    s.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = health
+        .check(HealthCheckRequest {
+            service: "externalscaler.ExternalScaler".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    // Calls racing the endpoint's removal still succeed during the drain.
+    assert_eq!(poll(&mut c, &m).await.unwrap().value, 0.0);
+    let ready = reqwest_status(s.metrics_addr, "/readyz").await;
+    assert_eq!(ready, 503);
+    drop(health);
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(10), s.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(1500),
+        "stopped before the drain ended: {:?}",
+        stopping.elapsed()
+    );
+}
+
+/// The status code of a plain HTTP GET.
+async fn reqwest_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    sock.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap()
+}

@@ -327,7 +327,9 @@ pub fn workspace_bin(bin: &str) -> PathBuf {
         if status.success() {
             Ok(())
         } else {
-            Err(format!("cargo build --workspace --all-targets failed ({status})"))
+            Err(format!(
+                "cargo build --workspace --all-targets failed ({status})"
+            ))
         }
     });
     if let Err(e) = built {

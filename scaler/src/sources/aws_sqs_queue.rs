@@ -162,6 +162,22 @@ impl SqsMetadata {
             }
         });
         let region = r.required_string("awsRegion");
+        // It becomes part of a host name (`sqs.<region>.amazonaws.com`): a region such as
+        // `x.evil.example#` must not steer where the SDK sends signed requests.
+        let region = region.filter(|region| {
+            let ok = region.len() <= 32
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                r.problem(Problem::Invalid {
+                    key: "awsRegion".into(),
+                    value: Some(region.clone()),
+                    expected: "an AWS region name (lower-case letters, digits and `-`)".into(),
+                });
+            }
+            ok
+        });
         let endpoint = r.string("awsEndpoint");
         if let Some(e) = &endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))
@@ -812,7 +828,7 @@ mod tests {
 
     fn parse(pairs: &[(&str, &str)]) -> Result<SqsMetadata, Vec<String>> {
         let m = md(pairs);
-        let mut r = Reader::new(&m);
+        let mut r = Reader::new(&m).in_namespace("apps");
         let meta = SqsMetadata::parse(&mut r);
         match r.finish(&|_| None) {
             Ok(()) => meta.ok_or_else(Vec::new),

@@ -5,8 +5,8 @@
 //! KEDA's `redis` scaler reads only the bare list, so it misses prioritised tasks and scales
 //! workers down while they hold prefetched ones.
 
-use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
 
@@ -73,6 +73,23 @@ impl CeleryMetadata {
         let endpoint = RedisEndpoint::parse(r);
         let queues = parse_queues(r);
         let priority_steps = parse_steps(r);
+        if let Some(q) = &queues {
+            // Each queue is its bare list plus one list per non-zero step.
+            let per_queue = 1 + priority_steps.iter().filter(|s| **s != 0).count();
+            let lists = q.len().saturating_mul(per_queue);
+            if lists > crate::bounds::MAX_CELERY_LISTS {
+                r.problem(Problem::TooLarge {
+                    key: "queues".into(),
+                    bound: format!(
+                        "{} queues × {per_queue} lists each (the bare list and one per non-zero \
+                         `prioritySteps` step) = {lists} lists per read; at most {}",
+                        q.len(),
+                        crate::bounds::MAX_CELERY_LISTS
+                    ),
+                });
+                return None;
+            }
+        }
         let priority_separator = match r.string("prioritySeparator") {
             None => DEFAULT_SEPARATOR.to_string(),
             Some(s) => match unescape(&s) {
@@ -250,21 +267,15 @@ pub struct Unacked {
     pub max_age: Duration,
 }
 
-/// Every waiting list and the in-flight count of each queue, in one round trip, so that the
-/// unacked hash (shared by all queues of the database) is never pulled to the scaler.
+/// Every waiting list of each queue, in one round trip.
 ///
-/// KEYS: each queue's lists in order, then (when counting in-flight) the unacked hash and index.
-/// ARGV: lists per queue, then the minimum delivery time ('' to skip in-flight), then the queue
-/// names. Returns waiting and in-flight per queue, then the number of unreadable entries.
-static CELERY_DEPTH: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: each queue's lists in order. ARGV: lists per queue. Returns waiting per queue.
+static CELERY_WAITING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local per = tonumber(ARGV[1])
-local min = ARGV[2]
-local nq = #ARGV - 2
 local out = {}
-local by_name = {}
-for q = 1, nq do
+for q = 1, #KEYS / per do
   local waiting = 0
   for j = 1, per do
     local key = KEYS[(q - 1) * per + j]
@@ -274,42 +285,216 @@ for q = 1, nq do
     end
     waiting = waiting + n
   end
-  out[2 * q - 1] = waiting
-  out[2 * q] = 0
-  by_name[ARGV[2 + q]] = q
+  out[q] = waiting
 end
-local bad = 0
-if min ~= '' then
-  local hash = KEYS[nq * per + 1]
-  local index = KEYS[nq * per + 2]
-  local tags = redis.call('ZRANGEBYSCORE', index, min, '+inf')
-  for i = 1, #tags, 1000 do
-    local chunk = {}
-    for j = i, math.min(i + 999, #tags) do chunk[#chunk + 1] = tags[j] end
-    local values = redis.call('HMGET', hash, unpack(chunk))
-    for j = 1, #chunk do
-      local v = values[j]
-      if v then
-        local ok, entry = pcall(cjson.decode, v)
-        if ok and type(entry) == 'table' and type(entry[3]) == 'string' then
-          local q = by_name[entry[3]]
-          if q then out[2 * q] = out[2 * q] + 1 end
-        else
-          bad = bad + 1
-        end
-      end
-    end
-  end
-end
-out[#out + 1] = bad
 return out
 ",
     )
 });
 
+/// One page of the unacked index: the routing keys of the prefetched tasks delivered since
+/// `min`, counted in the script so the hash is never pulled to the scaler. Entries added or
+/// acknowledged between pages can shift a page by a few: the count is as exact as a moving
+/// queue allows.
+///
+/// KEYS: the unacked hash and index. ARGV: the minimum delivery time, the page's offset and
+/// size. Returns the number of index entries in the page, the number of unreadable entries,
+/// then routing key and count pairs.
+static CELERY_UNACKED_PAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- Pages by rank from the first entry at or after the minimum: each call costs O(log N + page),
+-- where an offset into ZRANGEBYSCORE would walk every entry before it.
+local first = redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. ARGV[1])
+local start = first + tonumber(ARGV[2])
+local tags = redis.call('ZRANGE', KEYS[2], start, start + tonumber(ARGV[3]) - 1)
+local counts = {}
+local bad = 0
+if #tags > 0 then
+  local values = redis.call('HMGET', KEYS[1], unpack(tags))
+  for j = 1, #tags do
+    local v = values[j]
+    if v then
+      local ok, entry = pcall(cjson.decode, v)
+      if ok and type(entry) == 'table' and type(entry[3]) == 'string' then
+        counts[entry[3]] = (counts[entry[3]] or 0) + 1
+      else
+        bad = bad + 1
+      end
+    end
+  end
+end
+local out = {#tags, bad}
+for k, n in pairs(counts) do
+  out[#out + 1] = k
+  out[#out + 1] = n
+end
+return out
+",
+    )
+});
+
+/// Index entries one script call reads: the most any call blocks the broker for (about a
+/// millisecond of Lua per thousand entries).
+pub const UNACKED_PAGE: usize = 1_000;
+
+/// How long one count of a database's unacked tasks answers every queue set of that database.
+/// The count costs the broker work in proportion to the prefetched tasks (100 000 of them are
+/// 100 script calls), so it is taken at most this often per database, however many triggers,
+/// calls and push watchers ask. Prefetched tasks change at the pace of task completions; the
+/// waiting lists, which tell that work arrived, are read fresh on every read.
+pub const UNACKED_TTL: Duration = Duration::from_secs(5);
+
+/// Databases whose counts are kept; the least recently used beyond this are dropped.
+pub const MAX_UNACKED_DATABASES: usize = 256;
+
+/// In-flight (prefetched, unacknowledged) tasks per routing key, for one database.
+type UnackedByQueue = std::collections::HashMap<String, u64>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct UnackedKey {
+    endpoint: RedisEndpoint,
+    unacked: Unacked,
+}
+
+type UnackedSlot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<UnackedByQueue>)>>>;
+
+/// Unacked counts shared by every Celery query of a database ([`UNACKED_TTL`]); concurrent
+/// askers of a stale count wait for one scan instead of starting their own.
+#[derive(Debug, Default)]
+pub struct UnackedCounts {
+    slots: std::sync::Mutex<std::collections::HashMap<UnackedKey, (Instant, UnackedSlot)>>,
+}
+
+impl UnackedCounts {
+    /// Databases counted now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<UnackedKey, (Instant, UnackedSlot)>>
+    {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn slot(&self, key: &UnackedKey) -> UnackedSlot {
+        let mut slots = self.lock();
+        let now = Instant::now();
+        if let Some((used, slot)) = slots.get_mut(key) {
+            *used = now;
+            return slot.clone();
+        }
+        if slots.len() >= MAX_UNACKED_DATABASES
+            && let Some(oldest) = slots
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(k, _)| k.clone())
+        {
+            slots.remove(&oldest);
+        }
+        let slot = UnackedSlot::default();
+        slots.insert(key.clone(), (now, slot.clone()));
+        slot
+    }
+
+    /// The database's counts, scanned at most once per [`UNACKED_TTL`].
+    async fn get(
+        &self,
+        pool: &RedisPool,
+        endpoint: &RedisEndpoint,
+        unacked: &Unacked,
+    ) -> Result<Arc<UnackedByQueue>, SourceError> {
+        let slot = self.slot(&UnackedKey {
+            endpoint: endpoint.clone(),
+            unacked: unacked.clone(),
+        });
+        let mut guard = slot.lock().await;
+        if let Some((at, counts)) = guard.as_ref()
+            && at.elapsed() < UNACKED_TTL
+        {
+            return Ok(counts.clone());
+        }
+        let counts = Arc::new(scan_unacked(pool, endpoint, unacked).await?);
+        *guard = Some((Instant::now(), counts.clone()));
+        Ok(counts)
+    }
+}
+
+/// Counts the unacked tasks of a database by routing key, a page at a time.
+async fn scan_unacked(
+    pool: &RedisPool,
+    endpoint: &RedisEndpoint,
+    unacked: &Unacked,
+) -> Result<UnackedByQueue, SourceError> {
+    let min = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        - unacked.max_age.as_secs_f64();
+    let min = format!("{min:.3}");
+    let mut conn = pool.connection(endpoint).await?;
+    let mut counts = UnackedByQueue::new();
+    let mut bad = 0i64;
+    let mut offset = 0usize;
+    loop {
+        let raw: Vec<redis::Value> = CELERY_UNACKED_PAGE
+            .key(unacked.hash.as_slice())
+            .key(unacked.index.as_slice())
+            .arg(&min)
+            .arg(offset)
+            .arg(UNACKED_PAGE)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| classify(endpoint, e))?;
+        let protocol = |detail: &str| SourceError::Protocol {
+            endpoint: endpoint.to_string(),
+            detail: format!("celery unacked script: {detail}"),
+        };
+        let int = |v: &redis::Value| match v {
+            redis::Value::Int(n) if *n >= 0 => Ok(*n),
+            _ => Err(protocol("expected a count")),
+        };
+        let (Some(n), Some(b)) = (raw.first(), raw.get(1)) else {
+            return Err(protocol("short answer"));
+        };
+        let in_page = int(n)?;
+        bad += int(b)?;
+        for pair in raw[2..].chunks(2) {
+            let [redis::Value::BulkString(name), n] = pair else {
+                return Err(protocol("expected routing key and count pairs"));
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            *counts.entry(name).or_default() += int(n)? as u64;
+        }
+        if (in_page as usize) < UNACKED_PAGE {
+            break;
+        }
+        offset += UNACKED_PAGE;
+    }
+    if bad > 0 {
+        tracing::debug!(
+            unreadable = bad,
+            "celery unacked entries without a routing key"
+        );
+    }
+    Ok(counts)
+}
+
 impl CeleryQuery {
-    pub async fn read(&self, pool: &RedisPool) -> Result<Depth, SourceError> {
-        self.read_per_queue(pool).await.map(|per_queue| {
+    pub async fn read(
+        &self,
+        pool: &RedisPool,
+        unacked: &UnackedCounts,
+    ) -> Result<Depth, SourceError> {
+        self.read_per_queue(pool, unacked).await.map(|per_queue| {
             per_queue.iter().fold(Depth::default(), |acc, d| {
                 Depth::simple(
                     acc.waiting.saturating_add(d.waiting),
@@ -319,34 +504,23 @@ impl CeleryQuery {
         })
     }
 
-    /// The depth of each queue, in the order of `queues`.
-    pub async fn read_per_queue(&self, pool: &RedisPool) -> Result<Vec<Depth>, SourceError> {
+    /// The depth of each queue, in the order of `queues`: the waiting lists read now, the
+    /// in-flight count from the database's shared unacked count ([`UNACKED_TTL`]).
+    pub async fn read_per_queue(
+        &self,
+        pool: &RedisPool,
+        unacked: &UnackedCounts,
+    ) -> Result<Vec<Depth>, SourceError> {
         let per = self.queues.first().map_or(1, |q| q.lists.len());
-        let mut invocation = CELERY_DEPTH.prepare_invoke();
+        let mut invocation = CELERY_WAITING.prepare_invoke();
         for q in &self.queues {
             for key in &q.lists {
                 invocation.key(key.as_slice());
             }
         }
         invocation.arg(per);
-        match &self.unacked {
-            Some(u) => {
-                invocation.key(u.hash.as_slice()).key(u.index.as_slice());
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64();
-                invocation.arg(format!("{:.3}", now - u.max_age.as_secs_f64()));
-            }
-            None => {
-                invocation.arg("");
-            }
-        }
-        for q in &self.queues {
-            invocation.arg(q.name.as_str());
-        }
         let mut conn = pool.connection(&self.endpoint).await?;
-        let raw: Vec<i64> = match invocation.invoke_async(&mut conn).await {
+        let waiting: Vec<i64> = match invocation.invoke_async(&mut conn).await {
             Ok(v) => v,
             Err(e) if e.code() == Some("WRONGTYPE") => {
                 let detail = e.detail().unwrap_or_default().to_string();
@@ -360,22 +534,27 @@ impl CeleryQuery {
             }
             Err(e) => return Err(classify(&self.endpoint, e)),
         };
-        if raw.len() != 2 * self.queues.len() + 1 || raw.iter().any(|n| *n < 0) {
+        if waiting.len() != self.queues.len() || waiting.iter().any(|n| *n < 0) {
             return Err(SourceError::Protocol {
                 endpoint: self.endpoint.to_string(),
-                detail: format!("celery depth script returned {} numbers", raw.len()),
+                detail: format!("celery depth script returned {} numbers", waiting.len()),
             });
         }
-        let bad = raw[raw.len() - 1];
-        if bad > 0 {
-            tracing::debug!(
-                unreadable = bad,
-                "celery unacked entries without a routing key"
-            );
-        }
-        Ok(raw[..raw.len() - 1]
-            .chunks_exact(2)
-            .map(|c| Depth::simple(c[0] as u64, c[1] as u64))
+        let in_flight = match &self.unacked {
+            Some(u) => Some(unacked.get(pool, &self.endpoint, u).await?),
+            None => None,
+        };
+        Ok(self
+            .queues
+            .iter()
+            .zip(waiting)
+            .map(|(q, w)| {
+                let f = in_flight
+                    .as_ref()
+                    .and_then(|c| c.get(&q.name).copied())
+                    .unwrap_or(0);
+                Depth::simple(w as u64, f)
+            })
             .collect())
     }
 

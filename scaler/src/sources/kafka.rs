@@ -427,7 +427,15 @@ pub fn factors(n: i64) -> Vec<i64> {
     out
 }
 
-/// KEDA's `parsePartitionLimitation`: comma-separated ids and `a-b` ranges (32-bit).
+fn too_many_partitions() -> String {
+    format!(
+        "more than {} partitions in all (the scaler's bound)",
+        crate::bounds::MAX_KAFKA_PARTITIONS
+    )
+}
+
+/// KEDA's `parsePartitionLimitation`: comma-separated ids and `a-b` ranges (32-bit), at most
+/// [`crate::bounds::MAX_KAFKA_PARTITIONS`] partitions in all.
 pub fn parse_partition_limitation(s: &str) -> Result<Vec<i32>, String> {
     let mut out = Vec::new();
     for part in s.split(',') {
@@ -441,13 +449,18 @@ pub fn parse_partition_limitation(s: &str) -> Result<Vec<i32>, String> {
                 .ok_or_else(|| format!("invalid partition {part:?}"))?;
             let end = crate::metadata::parse_int::<i32>(bounds[1].trim())
                 .ok_or_else(|| format!("invalid partition {part:?}"))?;
-            if end.saturating_sub(start) > 100_000 {
-                return Err(format!("range {part:?} is too long"));
+            // KEDA's loop runs from start to end: a reversed range lists nothing.
+            let len = usize::try_from(i64::from(end) - i64::from(start) + 1).unwrap_or(0);
+            if out.len().saturating_add(len) > crate::bounds::MAX_KAFKA_PARTITIONS {
+                return Err(too_many_partitions());
             }
             out.extend(start..=end);
         } else {
             let v = crate::metadata::parse_int::<i32>(part)
                 .ok_or_else(|| format!("invalid partition {part:?}"))?;
+            if out.len() >= crate::bounds::MAX_KAFKA_PARTITIONS {
+                return Err(too_many_partitions());
+            }
             out.push(v);
         }
     }
@@ -627,19 +640,26 @@ impl KafkaQuery {
     /// The key under which `excludePersistentLag` state is kept for one trigger: the
     /// ScaledObject, and what is read (never credentials).
     pub fn state_key(&self, namespace: &str, name: &str, metric: &str) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (
-            &self.cluster.servers,
-            &self.group,
-            &self.topic,
-            &self.partitions,
-        )
-            .hash(&mut h);
         format!(
-            "kafka-persistent-lag:{namespace}/{name}/{metric}/{:016x}",
-            h.finish()
+            "kafka-persistent-lag:v{}:{namespace}/{name}/{metric}/{:016x}",
+            crate::keys::KEY_VERSION,
+            self.identity().hash()
         )
+    }
+
+    /// What identifies the read for persisted state: servers, group, topic, partitions.
+    pub fn identity(&self) -> crate::keys::QueueIdentity {
+        let partitions = self.partitions.as_ref().map(|p| {
+            p.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        crate::keys::QueueIdentity::new("kafka")
+            .with("servers", self.cluster.servers.join(","))
+            .with("group", &self.group)
+            .with("topic", self.topic.as_deref().unwrap_or_default())
+            .with("partitions", partitions.unwrap_or_else(|| "*".into()))
     }
 
     pub async fn read(
@@ -1348,7 +1368,7 @@ mod tests {
 
     fn parse(pairs: &[(&str, &str)]) -> Result<KafkaMetadata, Vec<String>> {
         let m = md(pairs);
-        let mut r = Reader::new(&m);
+        let mut r = Reader::new(&m).in_namespace("kafka");
         let meta = KafkaMetadata::parse(&mut r);
         match r.finish(&|_| None) {
             Ok(()) => meta.ok_or_else(Vec::new),
@@ -1997,6 +2017,22 @@ mod tests {
         assert!(!shown.contains("pa55word"), "{shown}");
         assert!(!shown.contains("PRIVATE-KEY"), "{shown}");
         let key = m.query().state_key("ns", "so", "kafka-my-topic");
-        assert!(key.starts_with("kafka-persistent-lag:ns/so/"), "{key}");
+        assert!(key.starts_with("kafka-persistent-lag:v1:ns/so/"), "{key}");
+        assert!(!key.contains("pa55word"), "{key}");
+    }
+
+    #[test]
+    fn the_persistent_lag_key_is_pinned_and_ignores_credentials() {
+        let plain = parse(&base(&[])).unwrap();
+        let with_sasl = parse(&base(&[
+            ("sasl", "plaintext"),
+            ("username", "alice"),
+            ("passwordFromEnv", "pw"),
+        ]))
+        .unwrap();
+        let key = plain.query().state_key("ns", "so", "m");
+        assert_eq!(key, with_sasl.query().state_key("ns", "so", "m"));
+        // A pinned value: a change here orphans stored state (bump keys::KEY_VERSION).
+        assert_eq!(key, "kafka-persistent-lag:v1:ns/so/m/99f6d8dc91ea3364");
     }
 }

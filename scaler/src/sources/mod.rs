@@ -185,6 +185,67 @@ impl SourceConfig {
         }
     }
 
+    /// The backends this source connects to, each with the metadata key that names it, for the
+    /// operator's allow-list ([`crate::access`]). `metadata` tells which key a Redis endpoint
+    /// came from.
+    pub fn endpoints(
+        &self,
+        metadata: &std::collections::HashMap<String, String>,
+    ) -> Vec<crate::access::Endpoint> {
+        use crate::access::{Endpoint, server_host, url_host};
+        let redis = |ep: &redis_conn::RedisEndpoint| {
+            let given =
+                |k: &str| metadata.contains_key(k) || metadata.contains_key(&format!("{k}FromEnv"));
+            let key = ["url", "address", "host"]
+                .into_iter()
+                .find(|k| given(k))
+                .unwrap_or("address");
+            vec![Endpoint {
+                key,
+                host: ep.host.clone(),
+                // Without credentials: RedisEndpoint's Display hides them.
+                url: Some(ep.to_string()),
+            }]
+        };
+        match self {
+            SourceConfig::Celery(m) => redis(&m.endpoint),
+            SourceConfig::RedisList(m) => redis(&m.endpoint),
+            SourceConfig::AwsSqsQueue(m) => {
+                let mut out = Vec::new();
+                if m.queue_url.contains("://") {
+                    out.push(Endpoint {
+                        key: "queueURL",
+                        host: url_host(&m.queue_url).unwrap_or_default(),
+                        url: Some(m.queue_url.clone()),
+                    });
+                }
+                match &m.endpoint {
+                    Some(e) => out.push(Endpoint {
+                        key: "awsEndpoint",
+                        host: url_host(e).unwrap_or_default(),
+                        url: Some(e.clone()),
+                    }),
+                    // Where the SDK sends requests without an endpoint.
+                    None => out.push(Endpoint {
+                        key: "awsRegion",
+                        host: format!("sqs.{}.amazonaws.com", m.region),
+                        url: None,
+                    }),
+                }
+                out
+            }
+            SourceConfig::Kafka(m) => m
+                .bootstrap_servers
+                .iter()
+                .map(|s| Endpoint {
+                    key: "bootstrapServers",
+                    host: server_host(s),
+                    url: None,
+                })
+                .collect(),
+        }
+    }
+
     /// What to read, without the thresholds: triggers with equal queries share one read.
     pub fn query(&self) -> Query {
         match self {
@@ -218,10 +279,41 @@ impl Query {
     /// Reads the queue once; `deadline` is when the caller stops waiting.
     pub async fn read(&self, backends: &Backends, deadline: Instant) -> Result<Depth, SourceError> {
         match self {
-            Query::Celery(q) => q.read(&backends.redis).await,
+            Query::Celery(q) => q.read(&backends.redis, &backends.celery_unacked).await,
             Query::RedisList(q) => q.read(&backends.redis).await,
             Query::AwsSqsQueue(q) => q.read(&backends.sqs).await,
             Query::Kafka(q) => q.read(&backends.kafka, deadline).await,
+        }
+    }
+
+    /// What identifies this queue for persisted state ([`crate::keys`]): endpoint and queue,
+    /// never credentials.
+    pub fn identity(&self) -> crate::keys::QueueIdentity {
+        use crate::keys::QueueIdentity;
+        let redis = |id: QueueIdentity, ep: &redis_conn::RedisEndpoint| {
+            id.with("host", &ep.host)
+                .with("port", ep.port.to_string())
+                .with("db", ep.db.to_string())
+        };
+        match self {
+            Query::Celery(q) => {
+                let mut id = redis(QueueIdentity::new("celery"), &q.endpoint);
+                for queue in &q.queues {
+                    id = id.with("queue", &queue.name);
+                    for list in &queue.lists {
+                        id = id.with("list", list);
+                    }
+                }
+                id
+            }
+            Query::RedisList(q) => {
+                redis(QueueIdentity::new("redis-list"), &q.endpoint).with("key", &q.key)
+            }
+            Query::AwsSqsQueue(q) => QueueIdentity::new("aws-sqs-queue")
+                .with("region", &q.client.region)
+                .with("endpoint", q.client.endpoint.as_deref().unwrap_or_default())
+                .with("queue", &q.queue),
+            Query::Kafka(q) => q.identity(),
         }
     }
 
@@ -266,6 +358,8 @@ pub enum WatchSpec {
 #[derive(Debug)]
 pub struct Backends {
     pub redis: redis_conn::RedisPool,
+    /// Celery's in-flight counts, one scan per database shared by every queue set.
+    pub celery_unacked: celery::UnackedCounts,
     pub sqs: aws_sqs_queue::SqsClients,
     pub kafka: kafka::KafkaClients,
     pub secrets: Arc<Secrets>,
@@ -288,6 +382,7 @@ impl Backends {
                 response_timeout: timeout,
             })
             .with_secrets(secrets.clone()),
+            celery_unacked: celery::UnackedCounts::default(),
             sqs: aws_sqs_queue::SqsClients::new(timeout).with_secrets(secrets.clone()),
             kafka: kafka::KafkaClients::new(timeout).with_secrets(secrets.clone()),
             secrets,

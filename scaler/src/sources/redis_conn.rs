@@ -1,7 +1,6 @@
 //! What the Redis-backed sources share: the connection keys of KEDA's `redis` scaler, the
 //! endpoint identity they parse into, and one auto-reconnecting connection per endpoint.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +12,7 @@ use redis::{
 };
 
 use super::SourceError;
+use crate::cache::BoundedMap;
 use crate::metadata::{Plain, Problem, Reader};
 use crate::secrets::{Credential, Secrets};
 
@@ -319,8 +319,14 @@ impl fmt::Debug for Login {
 pub struct RedisPool {
     settings: RedisSettings,
     secrets: Arc<Secrets>,
-    managers: Mutex<HashMap<RedisEndpoint, (Login, ConnectionManager)>>,
+    managers: Mutex<BoundedMap<RedisEndpoint, (Login, ConnectionManager)>>,
 }
+
+/// Redis connections kept at once (one per endpoint and database).
+pub const MAX_CONNECTIONS: usize = 1_024;
+
+/// A connection unused for this long is closed by [`RedisPool::sweep`].
+pub const IDLE_CONNECTION: Duration = Duration::from_secs(600);
 
 impl Default for RedisPool {
     fn default() -> Self {
@@ -334,7 +340,11 @@ impl RedisPool {
         Self {
             settings,
             secrets: Arc::default(),
-            managers: Mutex::default(),
+            managers: Mutex::new(BoundedMap::new(
+                "redis_connections",
+                MAX_CONNECTIONS,
+                IDLE_CONNECTION,
+            )),
         }
     }
 
@@ -411,6 +421,26 @@ impl RedisPool {
     pub fn settings(&self) -> RedisSettings {
         self.settings
     }
+
+    /// Closes connections unused for [`IDLE_CONNECTION`]; returns how many.
+    pub fn sweep(&self) -> usize {
+        self.managers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sweep()
+    }
+
+    /// Connections held now.
+    pub fn len(&self) -> usize {
+        self.managers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Turns a Redis client error into the source error that says what the operator must fix.
@@ -446,13 +476,14 @@ pub fn classify(endpoint: &RedisEndpoint, e: RedisError) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<RedisEndpoint, Vec<String>> {
         let m: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let mut r = Reader::new(&m);
+        let mut r = Reader::new(&m).in_namespace("queues");
         let ep = RedisEndpoint::parse(&mut r);
         match r.finish(&|_| None) {
             Ok(()) => Ok(ep.ok_or_else(Vec::new)?),
