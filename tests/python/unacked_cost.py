@@ -6,7 +6,7 @@ counters (INFO cpu) and the client's clock:
   * before: the one script the scaler ran on every read of every queue set (every observation
     TTL, and on every 50 ms push poll) - all N entries decoded in one call;
   * after: the paged count (1 000 entries a call, by rank) the scaler now runs once per database
-    per UNACKED_TTL (5 s), whatever the number of queue sets, calls and push watchers.
+    while the unacked index keeps its size (and at most once per ten count durations under churn), whatever the number of queue sets, calls and push watchers.
 
     python tests/python/unacked_cost.py --port 6399 --entries 100000
 """

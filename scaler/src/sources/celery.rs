@@ -267,15 +267,18 @@ pub struct Unacked {
     pub max_age: Duration,
 }
 
-/// Every waiting list of each queue, in one round trip.
+/// Every waiting list of each queue, and the size of the unacked index, in one round trip.
 ///
-/// KEYS: each queue's lists in order. ARGV: lists per queue. Returns waiting per queue.
+/// KEYS: each queue's lists in order, then the unacked index when counting in-flight. ARGV:
+/// lists per queue, the number of queues. Returns waiting per queue, then the index's size (-1
+/// without it): O(1), it tells whether the shared in-flight count is still current.
 static CELERY_WAITING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local per = tonumber(ARGV[1])
+local nq = tonumber(ARGV[2])
 local out = {}
-for q = 1, #KEYS / per do
+for q = 1, nq do
   local waiting = 0
   for j = 1, per do
     local key = KEYS[(q - 1) * per + j]
@@ -286,6 +289,11 @@ for q = 1, #KEYS / per do
     waiting = waiting + n
   end
   out[q] = waiting
+end
+if #KEYS > nq * per then
+  out[nq + 1] = redis.call('ZCARD', KEYS[nq * per + 1])
+else
+  out[nq + 1] = -1
 end
 return out
 ",
@@ -338,12 +346,18 @@ return out
 /// millisecond of Lua per thousand entries).
 pub const UNACKED_PAGE: usize = 1_000;
 
-/// How long one count of a database's unacked tasks answers every queue set of that database.
-/// The count costs the broker work in proportion to the prefetched tasks (100 000 of them are
-/// 100 script calls), so it is taken at most this often per database, however many triggers,
-/// calls and push watchers ask. Prefetched tasks change at the pace of task completions; the
-/// waiting lists, which tell that work arrived, are read fresh on every read.
+/// The longest one count of a database's unacked tasks answers every queue set of that database
+/// while the unacked index keeps its size. The count costs the broker work in proportion to the
+/// prefetched tasks (100 000 of them are 100 script calls), so it is shared by every trigger,
+/// call and push watcher of the database. Every read also takes the index's size (O(1)); a
+/// changed size (tasks prefetched or acknowledged) makes the count stale at once, but a new one
+/// is taken no sooner than [`UNACKED_MIN_INTERVAL`] or ten times the last count's duration after
+/// the previous, so counting never takes more than about a tenth of the broker. The waiting
+/// lists, which tell that work arrived, are read fresh on every read.
 pub const UNACKED_TTL: Duration = Duration::from_secs(5);
+
+/// The shortest interval between two counts of one database.
+pub const UNACKED_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Databases whose counts are kept; the least recently used beyond this are dropped.
 pub const MAX_UNACKED_DATABASES: usize = 256;
@@ -357,7 +371,16 @@ struct UnackedKey {
     unacked: Unacked,
 }
 
-type UnackedSlot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<UnackedByQueue>)>>>;
+/// One count: when it was taken, how long it took, the index's size then, and the counts.
+#[derive(Debug)]
+struct Counted {
+    at: Instant,
+    took: Duration,
+    size: i64,
+    counts: Arc<UnackedByQueue>,
+}
+
+type UnackedSlot = Arc<tokio::sync::Mutex<Option<Counted>>>;
 
 /// Unacked counts shared by every Celery query of a database ([`UNACKED_TTL`]); concurrent
 /// askers of a stale count wait for one scan instead of starting their own.
@@ -405,25 +428,34 @@ impl UnackedCounts {
         slot
     }
 
-    /// The database's counts, scanned at most once per [`UNACKED_TTL`].
+    /// The database's counts, given the unacked index's `size` now (see [`UNACKED_TTL`]).
     async fn get(
         &self,
         pool: &RedisPool,
         endpoint: &RedisEndpoint,
         unacked: &Unacked,
+        size: i64,
     ) -> Result<Arc<UnackedByQueue>, SourceError> {
         let slot = self.slot(&UnackedKey {
             endpoint: endpoint.clone(),
             unacked: unacked.clone(),
         });
         let mut guard = slot.lock().await;
-        if let Some((at, counts)) = guard.as_ref()
-            && at.elapsed() < UNACKED_TTL
-        {
-            return Ok(counts.clone());
+        if let Some(c) = guard.as_ref() {
+            let age = c.at.elapsed();
+            let too_soon = age < UNACKED_MIN_INTERVAL.max(c.took.saturating_mul(10));
+            if too_soon || (c.size == size && age < UNACKED_TTL) {
+                return Ok(c.counts.clone());
+            }
         }
+        let started = Instant::now();
         let counts = Arc::new(scan_unacked(pool, endpoint, unacked).await?);
-        *guard = Some((Instant::now(), counts.clone()));
+        *guard = Some(Counted {
+            at: started,
+            took: started.elapsed(),
+            size,
+            counts: counts.clone(),
+        });
         Ok(counts)
     }
 }
@@ -518,9 +550,12 @@ impl CeleryQuery {
                 invocation.key(key.as_slice());
             }
         }
-        invocation.arg(per);
+        if let Some(u) = &self.unacked {
+            invocation.key(u.index.as_slice());
+        }
+        invocation.arg(per).arg(self.queues.len());
         let mut conn = pool.connection(&self.endpoint).await?;
-        let waiting: Vec<i64> = match invocation.invoke_async(&mut conn).await {
+        let mut waiting: Vec<i64> = match invocation.invoke_async(&mut conn).await {
             Ok(v) => v,
             Err(e) if e.code() == Some("WRONGTYPE") => {
                 let detail = e.detail().unwrap_or_default().to_string();
@@ -534,14 +569,15 @@ impl CeleryQuery {
             }
             Err(e) => return Err(classify(&self.endpoint, e)),
         };
+        let size = waiting.pop().unwrap_or(-1);
         if waiting.len() != self.queues.len() || waiting.iter().any(|n| *n < 0) {
             return Err(SourceError::Protocol {
                 endpoint: self.endpoint.to_string(),
-                detail: format!("celery depth script returned {} numbers", waiting.len()),
+                detail: format!("celery depth script returned {} numbers", waiting.len() + 1),
             });
         }
         let in_flight = match &self.unacked {
-            Some(u) => Some(unacked.get(pool, &self.endpoint, u).await?),
+            Some(u) => Some(unacked.get(pool, &self.endpoint, u, size).await?),
             None => None,
         };
         Ok(self
