@@ -160,7 +160,10 @@ pub const SERIES_IDLE: Duration = Duration::from_secs(600);
 /// The overflow value of each label.
 pub const OVERFLOW: &str = "_overflow";
 
-static SERIES: Mutex<Option<HashMap<(String, String, String), Instant>>> = Mutex::new(None);
+/// (namespace, ScaledObject, metric) → last written.
+type Series = HashMap<(String, String, String), Instant>;
+
+static SERIES: Mutex<Option<Series>> = Mutex::new(None);
 
 /// Whether the trigger may have series of its own (see [`MAX_TRIGGER_SERIES`]).
 fn admit(namespace: &str, scaled_object: &str, metric: &str) -> bool {

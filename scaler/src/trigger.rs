@@ -491,7 +491,9 @@ mod access {
             Some("redis.queues.svc, *.kafka.svc, https://sqs.eu-west-1.amazonaws.com/1/"),
         )
         .unwrap();
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        // (metadata, the keys refused)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 &[("source", "celery"), ("address", "redis.queues.svc:6379")],
                 &[],
