@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use headroom_common::parse_duration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -104,6 +103,12 @@ pub fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A duration in the planner's milliseconds, saturating (durations are bounded by the spec's
+/// validation; this keeps a bug elsewhere from wrapping).
+fn millis_of(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
 
 fn rfc3339(ms: Millis) -> String {
@@ -347,20 +352,13 @@ async fn observe_and_act(
     let now = now_ms();
     let c = &mut report.conditions;
 
-    let (Some(lead), Some(scale_down)) = (
-        parse_duration(&spec.lead_time),
-        parse_duration(&spec.scale_down_after),
-    ) else {
-        c.set(
-            "Ready",
-            false,
-            "InvalidSpec",
-            format!(
-                "spec.leadTime {:?} or spec.scaleDownAfter {:?} is not a duration like 3m or 1h30m",
-                spec.lead_time, spec.scale_down_after
-            ),
-        );
-        return Ok(resync);
+    // Bounded (at most 24 h), so the arithmetic below cannot overflow whatever the spec says.
+    let (lead, scale_down) = match spec.durations() {
+        Ok(d) => (d.lead_time, d.scale_down_after),
+        Err(e) => {
+            c.set("Ready", false, "InvalidSpec", e.to_string());
+            return Ok(resync);
+        }
     };
 
     // The ScaledObject and its scale target's pod template give the shape.
@@ -418,7 +416,7 @@ async fn observe_and_act(
     };
 
     // The Demand stream: started here, kept while the policy resolves.
-    let horizon = (lead * 2).max(Duration::from_secs(600));
+    let horizon = lead.saturating_mul(2).max(Duration::from_secs(600));
     let latest = ctx.demand.ensure(
         &key,
         &Watch {
@@ -518,7 +516,7 @@ async fn observe_and_act(
         max_gpus: spec.limits.max_gpus,
         max_hourly_cost: spec.limits.max_hourly_cost,
     };
-    let lead_ms = lead.as_millis() as Millis;
+    let lead_ms = millis_of(lead);
     let plan = match plan::plan(&PlanInput {
         now,
         desired_now: answer.desired_replicas,
@@ -530,7 +528,7 @@ async fn observe_and_act(
         owned: &owned,
         limits,
         min_warm_gpus: spec.min_warm_gpus,
-        scale_down_after: scale_down.as_millis() as Millis,
+        scale_down_after: millis_of(scale_down),
     }) {
         Ok(p) => p,
         Err(e) => {
@@ -570,7 +568,7 @@ async fn observe_and_act(
     }
     report.gauges = Some(PolicyGauges {
         planned_nodes: plan.planned_nodes,
-        planned_gpus: plan.planned_nodes * built.node.gpus,
+        planned_gpus: plan.planned_nodes.saturating_mul(built.node.gpus),
         node_gpus: built.node.gpus,
         max_nodes: limits.max_nodes,
         max_gpus: limits.max_gpus,
@@ -603,7 +601,7 @@ async fn observe_and_act(
     let hold: Vec<String> = units
         .iter()
         .filter(|u| plan.needed.contains(&u.id))
-        .filter(|u| now - u.last_needed >= refresh.as_millis() as Millis)
+        .filter(|u| now.saturating_sub(u.last_needed) >= millis_of(refresh))
         .map(|u| u.id.clone())
         .collect();
     let release: Vec<String> = units
@@ -871,7 +869,7 @@ fn record_time_to_capacity(
             && ready_at >= since
             && seen.insert(u.id.clone())
         {
-            let secs = (ready_at - u.created_at).max(0) as f64 / 1000.0;
+            let secs = ready_at.saturating_sub(u.created_at).max(0) as f64 / 1000.0;
             metrics::time_to_capacity(&policy.namespace, &policy.name, provider, secs);
         }
     }
@@ -947,7 +945,7 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
         .iter()
         .filter_map(|u| {
             u.ready_at
-                .map(|r| (r, (r - u.created_at).max(0) as f64 / 1000.0))
+                .map(|r| (r, r.saturating_sub(u.created_at).max(0) as f64 / 1000.0))
         })
         .max_by_key(|(r, _)| *r)
         .map(|(_, s)| s)
@@ -965,8 +963,8 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
         let gpus_per = g.node_gpus;
         g.warm_nodes = warm;
         g.in_flight_nodes = in_flight;
-        g.warm_gpus = warm * gpus_per;
-        g.in_flight_gpus = in_flight * gpus_per;
+        g.warm_gpus = warm.saturating_mul(gpus_per);
+        g.in_flight_gpus = in_flight.saturating_mul(gpus_per);
         g.hourly_cost = report.units.iter().map(|u| u.hourly_price).sum();
         let (ns, name) = key_of(policy);
         metrics::policy(&ns, &name, &g);

@@ -481,6 +481,41 @@ mod properties {
         }
 
         #[test]
+        fn no_input_makes_the_planner_panic(
+            now in any::<i64>(),
+            desired_now in any::<u32>(),
+            forecast in proptest::collection::vec((any::<i64>(), any::<u32>()), 0..4),
+            lead_time in any::<i64>(),
+            pod in (any::<u32>(), any::<f64>(), any::<f64>()),
+            node in (any::<u32>(), any::<f64>(), any::<f64>(), any::<f64>()),
+            placed_elsewhere in any::<u32>(),
+            owned in proptest::collection::vec((any::<bool>(), any::<u32>(), any::<i64>()), 0..4),
+            limits in (any::<u32>(), any::<u32>(), proptest::option::of(any::<f64>())),
+            min_warm_gpus in any::<u32>(),
+            scale_down_after in any::<i64>(),
+        ) {
+            let forecast: Vec<Want> = forecast.into_iter().map(|(at, replicas)| Want { at, replicas }).collect();
+            let owned: Vec<OwnedNode> = owned
+                .into_iter()
+                .enumerate()
+                .map(|(i, (ready, busy_pods, last_needed))| OwnedNode { id: format!("n{i}"), ready, busy_pods, last_needed })
+                .collect();
+            let _ = plan(&PlanInput {
+                now,
+                desired_now,
+                forecast: &forecast,
+                lead_time,
+                shape: PodShape { gpus: pod.0, cpu: pod.1, memory: pod.2 },
+                node: NodeType { gpus: node.0, cpu: node.1, memory: node.2, hourly_price: node.3 },
+                placed_elsewhere,
+                owned: &owned,
+                limits: Limits { max_nodes: limits.0, max_gpus: limits.1, max_hourly_cost: limits.2 },
+                min_warm_gpus,
+                scale_down_after,
+            });
+        }
+
+        #[test]
         fn a_node_needed_now_is_not_removed_before_scale_down_after(
             owned in owned_nodes(),
             scale_down_after in 1i64..1_000_000,
