@@ -482,6 +482,9 @@ async fn observe_and_act(
         }
     };
     record_time_to_capacity(ctx, &pref, provider.name(), &units);
+    // Held units get their last-needed mark refreshed only now and then, so the writes do not
+    // wake us in a loop.
+    let refresh = (scale_down / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     report.units = units.clone();
     let (owned, placed_elsewhere) = occupancy(ctx, &ns, &selector, &units, built.units_are_nodes);
 
@@ -497,12 +500,53 @@ async fn observe_and_act(
             a
         }
         Err((reason, message)) => {
+            // Nothing is created or removed without a forecast, and what exists is held (its
+            // last-needed mark kept fresh), so the outage does not count as idle time when
+            // the answers come back; the stream wakes us.
+            c.set(
+                "DemandDegraded",
+                true,
+                reason,
+                format!(
+                    "no forecast ({message}): holding all {} unit(s), creating and removing nothing",
+                    units.len()
+                ),
+            );
             c.set("DemandAvailable", false, reason, message.clone());
             c.set("Ready", false, reason, message);
-            // Nothing is created or removed without a forecast; the stream wakes us.
+            if !ctx.dry_run {
+                let stale = due_for_hold(units.iter(), now, refresh);
+                if !stale.is_empty()
+                    && let Err(e) = provider.hold(&pref, &stale, now).await
+                {
+                    tracing::warn!(namespace = %ns, policy = %name, error = %e, "cannot hold capacity");
+                    if e.retryable() {
+                        return Err(e.into());
+                    }
+                }
+            }
             return Ok(resync);
         }
     };
+    // A trigger the scaler could not read is missing demand, not low demand: keep what exists.
+    let unreadable = unreadable_triggers(answer);
+    match &unreadable {
+        Some(message) => c.set(
+            "DemandDegraded",
+            true,
+            "TriggerUnreadable",
+            format!(
+                "{message}; holding all {} unit(s), removing none",
+                units.len()
+            ),
+        ),
+        None => c.set(
+            "DemandDegraded",
+            false,
+            "AllTriggersRead",
+            "every trigger was read",
+        ),
+    }
     let forecast: Vec<Want> = answer
         .forecast
         .iter()
@@ -517,19 +561,25 @@ async fn observe_and_act(
         max_hourly_cost: spec.limits.max_hourly_cost,
     };
     let lead_ms = millis_of(lead);
-    let plan = match plan::plan(&PlanInput {
-        now,
-        desired_now: answer.desired_replicas,
-        forecast: &forecast,
-        lead_time: lead_ms,
-        shape: shape.plan_shape(),
-        node: built.node,
-        placed_elsewhere,
-        owned: &owned,
-        limits,
-        min_warm_gpus: spec.min_warm_gpus,
-        scale_down_after: millis_of(scale_down),
-    }) {
+    let extra = plan::Extra {
+        hold_all: unreadable.is_some(),
+    };
+    let plan = match plan::plan_with(
+        &PlanInput {
+            now,
+            desired_now: answer.desired_replicas,
+            forecast: &forecast,
+            lead_time: lead_ms,
+            shape: shape.plan_shape(),
+            node: built.node,
+            placed_elsewhere,
+            owned: &owned,
+            limits,
+            min_warm_gpus: spec.min_warm_gpus,
+            scale_down_after: millis_of(scale_down),
+        },
+        &extra,
+    ) {
         Ok(p) => p,
         Err(e) => {
             c.set("ShapeResolved", false, "PodDoesNotFit", e.to_string());
@@ -597,13 +647,11 @@ async fn observe_and_act(
 
     // Act: hold what is needed (refreshing the mark only now and then, so the writes do not
     // wake us in a loop), release what is not, remove what has been idle long enough, create.
-    let refresh = (scale_down / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let hold: Vec<String> = units
-        .iter()
-        .filter(|u| plan.needed.contains(&u.id))
-        .filter(|u| now.saturating_sub(u.last_needed) >= millis_of(refresh))
-        .map(|u| u.id.clone())
-        .collect();
+    let hold = due_for_hold(
+        units.iter().filter(|u| plan.needed.contains(&u.id)),
+        now,
+        refresh,
+    );
     let release: Vec<String> = units
         .iter()
         .filter(|u| !plan.needed.contains(&u.id) && !plan.remove.contains(&u.id))
@@ -717,6 +765,38 @@ fn describe_shape(shape: &Shape, types: &[String]) -> String {
         s.push_str(&format!("; instance type {}", types.join("|")));
     }
     s
+}
+
+/// The units among `units` whose last-needed mark is older than `refresh`: those a hold
+/// writes to (the others were marked recently enough).
+fn due_for_hold<'a>(
+    units: impl Iterator<Item = &'a Unit>,
+    now: Millis,
+    refresh: Duration,
+) -> Vec<String> {
+    units
+        .filter(|u| now.saturating_sub(u.last_needed) >= millis_of(refresh))
+        .map(|u| u.id.clone())
+        .collect()
+}
+
+/// The triggers the scaler could not read in `answer` (their metric names and errors), as one
+/// message; `None` when every trigger was read.
+fn unreadable_triggers(answer: &headroom_proto::headroom::v1::DemandResponse) -> Option<String> {
+    let bad: Vec<String> = answer
+        .triggers
+        .iter()
+        .filter(|t| !t.error.is_empty())
+        .map(|t| {
+            let name = if t.metric_name.is_empty() {
+                "(unnamed)"
+            } else {
+                t.metric_name.as_str()
+            };
+            format!("trigger {name} unreadable: {}", t.error)
+        })
+        .collect();
+    (!bad.is_empty()).then(|| bad.join("; "))
 }
 
 fn demand_answer(
@@ -904,14 +984,18 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
     let in_flight = report.units.len() as u32 - warm;
     let mut conditions = Vec::new();
     for (kind, (ok, reason, message)) in &report.conditions.0 {
-        // LimitReached is "True" when bad; the others when good.
+        // LimitReached and DemandDegraded are "True" when bad; the others when good.
         let status = if *ok { "True" } else { "False" };
         let previous = old.conditions.iter().find(|c| c.type_ == *kind);
         let transition = match previous {
             Some(p) if p.status == status => p.last_transition_time.clone(),
             _ => rfc3339(now),
         };
-        let bad = if *kind == "LimitReached" { *ok } else { !*ok };
+        let bad = if matches!(*kind, "LimitReached" | "DemandDegraded") {
+            *ok
+        } else {
+            !*ok
+        };
         let changed = previous.is_none_or(|p| p.status != status || p.reason != *reason);
         if bad && changed && *reason != "WaitingForDemand" {
             publish(
@@ -1034,6 +1118,39 @@ mod tests {
             last_needed: 0,
             hourly_price: 0.0,
         }
+    }
+
+    #[test]
+    fn without_demand_every_unit_not_marked_recently_is_held() {
+        let mut old = unit("old");
+        old.last_needed = 1_000;
+        let mut recent = unit("recent");
+        recent.last_needed = 95_000;
+        let units = [old, recent, unit("never")];
+        let held = due_for_hold(units.iter(), 100_000, Duration::from_secs(10));
+        assert_eq!(held, ["old", "never"]);
+    }
+
+    #[test]
+    fn an_unreadable_trigger_is_named_with_its_error() {
+        use headroom_proto::headroom::v1::{DemandResponse, TriggerDemand};
+        let trigger = |metric: &str, error: &str| TriggerDemand {
+            metric_name: metric.into(),
+            error: error.into(),
+            ..Default::default()
+        };
+        let mut answer = DemandResponse {
+            triggers: vec![trigger("s0-redis-jobs", ""), trigger("s1-sqs-q", "")],
+            ..Default::default()
+        };
+        assert_eq!(unreadable_triggers(&answer), None);
+        answer.triggers[1].error = "connection refused".into();
+        let m = unreadable_triggers(&answer).unwrap();
+        assert_eq!(m, "trigger s1-sqs-q unreadable: connection refused");
+        answer.triggers[0].error = "timeout".into();
+        let m = unreadable_triggers(&answer).unwrap();
+        assert!(m.contains("s0-redis-jobs unreadable: timeout"), "{m}");
+        assert!(m.contains("s1-sqs-q"), "{m}");
     }
 
     #[test]

@@ -157,8 +157,24 @@ pub enum PlanError {
     },
 }
 
+/// What the controller knows beyond [`PlanInput`]; [`Extra::default`] is what [`plan`] assumes
+/// (and the simulator, which calls it, needs nothing more).
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// The demand behind the plan is incomplete (a trigger could not be read): every owned
+    /// node is kept and counted as needed — nothing is released or removed — while capacity
+    /// may still be added for what the readable triggers want. A missing metric never reads
+    /// as low demand (as the HPA refuses to scale down on one).
+    pub hold_all: bool,
+}
+
 /// The capacity wanted now. See the module documentation for the rules.
 pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+    plan_with(input, &Extra::default())
+}
+
+/// [`plan`], with what only the controller knows.
+pub fn plan_with(input: &PlanInput<'_>, extra: &Extra) -> Result<Plan, PlanError> {
     let per_node = input.node.pods_per_node(&input.shape);
     if per_node == 0 {
         return Err(PlanError::PodDoesNotFit {
@@ -208,7 +224,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     let mut needed = Vec::new();
     let mut remove = Vec::new();
     for (i, node) in order.into_iter().enumerate() {
-        if node.busy_pods > 0 || (i as u32) < planned {
+        if extra.hold_all || node.busy_pods > 0 || (i as u32) < planned {
             needed.push(node.id.clone());
         } else if input.now.saturating_sub(node.last_needed) >= input.scale_down_after {
             remove.push(node.id.clone());
@@ -390,6 +406,29 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_demand_keeps_every_node_and_still_adds_for_what_is_read() {
+        let owned = [
+            node("busy", 1, 0),
+            node("fresh", 0, 95 * MIN),
+            node("stale", 0, 80 * MIN),
+        ];
+        let hold = Extra { hold_all: true };
+        let p = plan_with(&input(&[], &owned), &hold).unwrap();
+        assert_eq!(p.needed, ["busy", "fresh", "stale"]);
+        assert!(p.remove.is_empty());
+        assert_eq!(p.create, 0);
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 5,
+                ..input(&[], &owned)
+            },
+            &hold,
+        )
+        .unwrap();
+        assert_eq!((p.create, p.remove.len()), (2, 0));
+    }
+
+    #[test]
     fn a_pod_that_fits_no_node_is_an_error() {
         let e = plan(&PlanInput {
             shape: PodShape { gpus: 2, ..POD },
@@ -478,6 +517,32 @@ mod properties {
                 prop_assert!(p.planned_nodes >= need);
                 prop_assert!(owned.len() as u32 + p.create >= need);
             }
+        }
+
+        #[test]
+        fn unreadable_demand_never_removes_or_releases_and_adds_within_limits(
+            desired_now in 0u32..50,
+            owned in owned_nodes(),
+            max_nodes in 0u32..20,
+            scale_down_after in 0i64..1_000_000,
+        ) {
+            let input = PlanInput {
+                now: 1_000_000,
+                desired_now,
+                forecast: &[],
+                lead_time: 0,
+                shape: PodShape { gpus: 1, cpu: 1.0, memory: 1e9 },
+                node: NodeType { gpus: 1, cpu: 8.0, memory: 32e9, hourly_price: 1.0 },
+                placed_elsewhere: 0,
+                owned: &owned,
+                limits: Limits { max_nodes, max_gpus: 100, max_hourly_cost: None },
+                min_warm_gpus: 0,
+                scale_down_after,
+            };
+            let p = plan_with(&input, &Extra { hold_all: true }).unwrap();
+            prop_assert!(p.remove.is_empty());
+            prop_assert_eq!(p.needed.len(), owned.len());
+            prop_assert_eq!(p.create, plan(&input).unwrap().create);
         }
 
         #[test]
