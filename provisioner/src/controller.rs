@@ -34,8 +34,8 @@ use crate::crd::{Condition, ForecastStatus, PrewarmPolicy, PrewarmPolicyStatus};
 use crate::demand::{DemandStreams, Latest, PolicyKey, Watch};
 use crate::karpenter::POLICY_LABEL;
 use crate::metrics::{self, PolicyGauges};
-use crate::plan::{self, Limits, Millis, OwnedNode, PlanInput, Want};
-use crate::provider::{CreateRequest, PolicyRef, ProviderError, Unit};
+use crate::plan::{self, Caps, Limits, Millis, OwnedNode, PlanInput, Usage, Want};
+use crate::provider::{CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
 use crate::providers::{self, ForPolicyError, karpenter::POLICY_REF_ANNOTATION};
 use crate::shape::{Shape, shape_of};
 
@@ -78,6 +78,14 @@ pub struct Context {
     /// Units whose time to capacity was recorded.
     recorded_ready: Mutex<HashSet<String>>,
     started_ms: Millis,
+    /// Caps across every policy (`--max-total-*`).
+    caps: Caps,
+    /// What each policy holds (with what its last plan created), for the caps: planning and
+    /// recording a policy's share happen under this lock, so two policies reconciled at once
+    /// cannot both take the last room.
+    tally: Mutex<HashMap<PolicyKey, Usage>>,
+    /// Every policy the loop watches, to know whose share the tally lacks.
+    policies: Store<PrewarmPolicy>,
 }
 
 impl std::fmt::Debug for Context {
@@ -97,6 +105,8 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// Reporting instance of events (the pod name).
     pub identity: String,
+    /// Caps across every policy this loop watches (`--max-total-*`).
+    pub caps: Caps,
 }
 
 pub fn now_ms() -> Millis {
@@ -172,6 +182,9 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         failures: Mutex::new(HashMap::new()),
         recorded_ready: Mutex::new(HashSet::new()),
         started_ms: now_ms(),
+        caps: settings.caps,
+        tally: Mutex::new(HashMap::new()),
+        policies: policy_reader.clone(),
     });
 
     let in_namespace = {
@@ -318,12 +331,17 @@ struct Report {
     units: Vec<Unit>,
     forecast: Option<ForecastStatus>,
     gauges: Option<PolicyGauges>,
+    /// The policy's share of the caps was recorded in this pass.
+    counted: bool,
 }
 
 async fn apply(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(policy);
     let mut report = Report::default();
     let outcome = observe_and_act(policy, ctx, &mut report).await;
+    if !report.counted && !ctx.caps.is_empty() {
+        count_unplanned(policy, ctx).await;
+    }
     write_status(policy, ctx, &report).await?;
     match outcome {
         Ok(action) => {
@@ -474,19 +492,34 @@ async fn observe_and_act(
     {
         return Err(Error::NotReady);
     }
-    let units = match provider.list(&pref).await {
-        Ok(u) => u,
+    let held = match provider.holdings(&pref).await {
+        Ok(h) => h,
         Err(e) => {
             c.set("Ready", false, e.reason(), e.to_string());
             return Err(e.into());
         }
     };
+    let units = held.units.clone();
     record_time_to_capacity(ctx, &pref, provider.name(), &units);
     // Held units get their last-needed mark refreshed only now and then, so the writes do not
     // wake us in a loop.
     let refresh = (scale_down / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     report.units = units.clone();
-    let (owned, placed_elsewhere) = occupancy(ctx, &ns, &selector, &units, built.units_are_nodes);
+    let (mut owned, placed_elsewhere) =
+        occupancy(ctx, &ns, &selector, &units, built.units_are_nodes);
+    // Costs per owned unit for the hard limits, and the units asked for but not made yet (a
+    // lagging ReplicaSet) as in-flight nodes, so nothing is asked for twice.
+    let mut owned_costs: Vec<plan::UnitCost> = units.iter().map(|u| built.cost_of(u)).collect();
+    for i in 0..held.unmaterialised {
+        owned.push(OwnedNode {
+            id: format!("{UNMATERIALISED}{i}"),
+            ready: false,
+            busy_pods: 0,
+            last_needed: now,
+        });
+        owned_costs.push(built.worst);
+    }
+    let deleting: Vec<plan::UnitCost> = held.deleting.iter().map(|u| built.cost_of(u)).collect();
 
     // Demand: an error is reported, never read as 0.
     let answer = match demand_answer(&latest) {
@@ -514,6 +547,8 @@ async fn observe_and_act(
             );
             c.set("DemandAvailable", false, reason, message.clone());
             c.set("Ready", false, reason, message);
+            record_usage(ctx, &key, held_usage(&built, &held));
+            report.counted = true;
             if !ctx.dry_run {
                 let stale = due_for_hold(units.iter(), now, refresh);
                 if !stale.is_empty()
@@ -561,25 +596,55 @@ async fn observe_and_act(
         max_hourly_cost: spec.limits.max_hourly_cost,
     };
     let lead_ms = millis_of(lead);
-    let extra = plan::Extra {
+    let mut extra = plan::Extra {
         hold_all: unreadable.is_some(),
+        owned_costs,
+        deleting,
+        new_unit: Some(built.worst),
+        cluster: ctx.caps,
+        others: Usage::default(),
     };
-    let plan = match plan::plan_with(
-        &PlanInput {
-            now,
-            desired_now: answer.desired_replicas,
-            forecast: &forecast,
-            lead_time: lead_ms,
-            shape: shape.plan_shape(),
-            node: built.node,
-            placed_elsewhere,
-            owned: &owned,
-            limits,
-            min_warm_gpus: spec.min_warm_gpus,
-            scale_down_after: millis_of(scale_down),
-        },
-        &extra,
-    ) {
+    let input = PlanInput {
+        now,
+        desired_now: answer.desired_replicas,
+        forecast: &forecast,
+        lead_time: lead_ms,
+        shape: shape.plan_shape(),
+        node: built.node,
+        placed_elsewhere,
+        owned: &owned,
+        limits,
+        min_warm_gpus: spec.min_warm_gpus,
+        scale_down_after: millis_of(scale_down),
+    };
+    // Planned under the tally's lock, and its share recorded before the lock is let go: what
+    // the plan creates is reserved against the caps before any other policy plans.
+    let mut uncounted = None;
+    let planned = {
+        let mut tally = ctx.tally.lock().unwrap_or_else(PoisonError::into_inner);
+        if !ctx.caps.is_empty() {
+            match others_of(&tally, &key, &ctx.policies) {
+                Ok(others) => extra.others = others,
+                Err(missing) => {
+                    extra.others = Usage::FULL;
+                    uncounted = Some(missing);
+                }
+            }
+        }
+        let r = plan::plan_with(&input, &extra);
+        if let Ok(p) = &r {
+            let share = if ctx.dry_run {
+                held_usage(&built, &held)
+            } else {
+                p.usage
+            };
+            tally.insert(key.clone(), share);
+            metrics::cluster_usage(&total_of(&tally, &ctx.policies));
+        }
+        r
+    };
+    report.counted = planned.is_ok();
+    let plan = match planned {
         Ok(p) => p,
         Err(e) => {
             c.set("ShapeResolved", false, "PodDoesNotFit", e.to_string());
@@ -598,17 +663,36 @@ async fn observe_and_act(
         }),
     });
     match plan.limited_by {
-        Some(l) => c.set(
-            "LimitReached",
-            true,
-            limit_reason(l),
-            format!(
-                "{} holds the plan at {} node(s); the forecast wants {}",
-                l.name(),
-                plan.planned_nodes,
-                plan.wanted_nodes
-            ),
-        ),
+        Some(l) => {
+            let mut why = String::new();
+            if l.is_cluster_wide() {
+                metrics::cluster_cap_held(l.name());
+                why.push_str(" (a cap across all policies");
+                if let Some(missing) = &uncounted {
+                    why.push_str(&format!(
+                        ": waiting until the capacity of {missing} has been counted"
+                    ));
+                }
+                why.push(')');
+            } else if l == plan::Limit::HourlyCost && built.worst.hourly_price.is_none() {
+                why.push_str(
+                    " (a unit's price is unknown: list the instance types with hourlyPrice)",
+                );
+            } else if l == plan::Limit::Gpus && built.worst.gpus.is_none() {
+                why.push_str(" (a node's GPU count is unknown until it launches: one at a time)");
+            }
+            c.set(
+                "LimitReached",
+                true,
+                limit_reason(l),
+                format!(
+                    "{}{why} holds the plan at {} node(s); the forecast wants {}",
+                    l.name(),
+                    plan.planned_nodes,
+                    plan.wanted_nodes
+                ),
+            )
+        }
         None => c.set(
             "LimitReached",
             false,
@@ -657,6 +741,13 @@ async fn observe_and_act(
         .filter(|u| !plan.needed.contains(&u.id) && !plan.remove.contains(&u.id))
         .map(|u| u.id.clone())
         .collect();
+    // Only units that exist as objects are removed (not the stand-ins for unmade replicas).
+    let remove: Vec<String> = plan
+        .remove
+        .iter()
+        .filter(|id| units.iter().any(|u| &u.id == *id))
+        .cloned()
+        .collect();
     let act = async {
         if !hold.is_empty() {
             provider.hold(&pref, &hold, now).await?;
@@ -664,9 +755,9 @@ async fn observe_and_act(
         if !release.is_empty() {
             provider.release(&pref, &release).await?;
         }
-        if !plan.remove.is_empty() {
-            provider.remove(&pref, &plan.remove).await?;
-            tracing::info!(namespace = %ns, policy = %name, removed = ?plan.remove, "capacity removed");
+        if !remove.is_empty() {
+            provider.remove(&pref, &remove).await?;
+            tracing::info!(namespace = %ns, policy = %name, removed = ?remove, "capacity removed");
             publish(
                 ctx,
                 policy,
@@ -675,9 +766,9 @@ async fn observe_and_act(
                 "Remove",
                 format!(
                     "removed {} idle node(s), unneeded for {}: {}",
-                    plan.remove.len(),
+                    remove.len(),
                     spec.scale_down_after,
-                    plan.remove.join(", ")
+                    remove.join(", ")
                 ),
             )
             .await;
@@ -724,7 +815,7 @@ async fn observe_and_act(
     };
     match act.await {
         Ok(created) => {
-            report.units.retain(|u| !plan.remove.contains(&u.id));
+            report.units.retain(|u| !remove.contains(&u.id));
             report.units.extend(created);
             c.set(
                 "Ready",
@@ -753,7 +844,116 @@ fn limit_reason(l: plan::Limit) -> &'static str {
         plan::Limit::Nodes => "MaxNodes",
         plan::Limit::Gpus => "MaxGpus",
         plan::Limit::HourlyCost => "MaxHourlyCost",
+        plan::Limit::TotalNodes => "MaxTotalNodes",
+        plan::Limit::TotalGpus => "MaxTotalGpus",
+        plan::Limit::TotalHourlyCost => "MaxTotalHourlyCost",
     }
+}
+
+/// Ids of the in-flight nodes standing for a placeholder Deployment's replicas that have no
+/// pod yet: never written to (the provider skips its pending ids).
+const UNMATERIALISED: &str = "pending:unmaterialised:";
+
+/// What `held` counts against the limits.
+fn held_usage(built: &providers::Built, held: &Holdings) -> Usage {
+    let mut u = Usage::default();
+    for unit in held.units.iter().chain(&held.deleting) {
+        u.add(built.cost_of(unit), 1);
+    }
+    u.add(built.worst, u64::from(held.unmaterialised));
+    u
+}
+
+/// Sum of what every watched policy but `own` holds; `Err` naming a policy whose share is not
+/// known yet (just after start or a leadership change), when nothing may be created under a
+/// cap.
+fn others_of(
+    tally: &HashMap<PolicyKey, Usage>,
+    own: &PolicyKey,
+    policies: &Store<PrewarmPolicy>,
+) -> Result<Usage, String> {
+    let mut sum = Usage::default();
+    for p in policies.state() {
+        let key = key_of(&p);
+        if key == *own {
+            continue;
+        }
+        match tally.get(&key) {
+            Some(u) => sum = sum.plus(*u),
+            None => return Err(format!("policy {}/{}", key.0, key.1)),
+        }
+    }
+    Ok(sum)
+}
+
+/// What every watched policy holds, as far as the tally knows.
+fn total_of(tally: &HashMap<PolicyKey, Usage>, policies: &Store<PrewarmPolicy>) -> Usage {
+    policies
+        .state()
+        .iter()
+        .filter_map(|p| tally.get(&key_of(p)))
+        .fold(Usage::default(), |sum, u| sum.plus(*u))
+}
+
+fn record_usage(ctx: &Context, key: &PolicyKey, usage: Usage) {
+    let mut tally = ctx.tally.lock().unwrap_or_else(PoisonError::into_inner);
+    tally.insert(key.clone(), usage);
+    metrics::cluster_usage(&total_of(&tally, &ctx.policies));
+}
+
+/// Counts what a policy holds that this pass could not plan for (its ScaledObject or shape is
+/// missing, ...), so the caps across policies still see it: its units by their instance type
+/// where the spec lists it, and as of unknown size otherwise. Not counted (and so holding every
+/// creation under a cap back) while that listing fails.
+async fn count_unplanned(policy: &PrewarmPolicy, ctx: &Context) {
+    let key = key_of(policy);
+    let Some(provider) = providers::for_cleanup(&ctx.client, policy).await else {
+        record_usage(ctx, &key, Usage::default());
+        return;
+    };
+    let pref = PolicyRef {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        uid: policy.uid().unwrap_or_default(),
+    };
+    let held = match provider.holdings(&pref).await {
+        Ok(h) => h,
+        Err(ProviderError::Missing { .. }) => Holdings::default(),
+        Err(e) => {
+            tracing::warn!(namespace = %key.0, policy = %key.1, error = %e, "cannot count the policy's capacity for the caps");
+            return;
+        }
+    };
+    let spec = &policy.spec;
+    let catalog = match spec.mode {
+        crate::crd::CapacityMode::Karpenter => spec
+            .karpenter
+            .as_ref()
+            .map(|k| k.instance_types.clone())
+            .unwrap_or_default(),
+        crate::crd::CapacityMode::Ec2 => spec
+            .ec2
+            .as_ref()
+            .map(|e| e.instance_types.clone())
+            .unwrap_or_default(),
+        crate::crd::CapacityMode::Overprovision => Vec::new(),
+    };
+    let mut usage = Usage::default();
+    for unit in held.units.iter().chain(&held.deleting) {
+        let known = catalog.iter().find(|t| t.name == unit.instance_type);
+        usage.add(
+            plan::UnitCost {
+                gpus: unit.gpus.or(known.map(|t| t.gpus)),
+                hourly_price: known
+                    .and_then(|t| t.hourly_price)
+                    .or(Some(unit.hourly_price))
+                    .filter(|p| *p > 0.0),
+            },
+            1,
+        );
+    }
+    usage.add(plan::UnitCost::default(), u64::from(held.unmaterialised));
+    record_usage(ctx, &key, usage);
 }
 
 fn describe_shape(shape: &Shape, types: &[String]) -> String {
@@ -1117,6 +1317,7 @@ mod tests {
             ready_at: None,
             last_needed: 0,
             hourly_price: 0.0,
+            gpus: None,
         }
     }
 

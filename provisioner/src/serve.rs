@@ -17,6 +17,7 @@ use headroom_common::parse_duration;
 
 use crate::controller::{self, Settings};
 use crate::leader::{self, LeaseConfig};
+use crate::plan::Caps;
 
 /// Flags of `headroom-provisioner serve`. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,6 +53,18 @@ pub struct ServeArgs {
     /// How long shutdown waits for reconciles in progress after SIGTERM.
     #[arg(long, env = "HEADROOM_SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
+    /// Most nodes all policies together hold (ready, in flight and deleting); no cap when
+    /// unset.
+    #[arg(long, env = "HEADROOM_MAX_TOTAL_NODES")]
+    pub max_total_nodes: Option<u32>,
+    /// Most GPUs all policies together hold (a unit of unknown type counts as the most GPUs
+    /// it may have); no cap when unset.
+    #[arg(long, env = "HEADROOM_MAX_TOTAL_GPUS")]
+    pub max_total_gpus: Option<u32>,
+    /// Most cost per hour of what all policies together hold (the instance types'
+    /// `hourlyPrice`; unpriced capacity cannot be created under it); no cap when unset.
+    #[arg(long, env = "HEADROOM_MAX_TOTAL_HOURLY_COST")]
+    pub max_total_hourly_cost: Option<f64>,
 }
 
 /// Validated configuration.
@@ -63,6 +76,8 @@ pub struct Config {
     pub resync: Duration,
     pub watch_namespace: Option<String>,
     pub shutdown_grace: Duration,
+    /// Caps across every policy.
+    pub caps: Caps,
 }
 
 impl Config {
@@ -80,6 +95,7 @@ impl Config {
             resync: Duration::from_secs(2),
             watch_namespace: None,
             shutdown_grace: Duration::from_secs(5),
+            caps: Caps::default(),
         }
     }
 }
@@ -132,6 +148,13 @@ impl ServeArgs {
                 errors.push(format!("--{flag} must not be empty"));
             }
         }
+        if let Some(cost) = self.max_total_hourly_cost
+            && !(cost.is_finite() && cost >= 0.0)
+        {
+            errors.push(format!(
+                "--max-total-hourly-cost: {cost} is not a cost of 0 or more"
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -151,6 +174,11 @@ impl ServeArgs {
             resync,
             watch_namespace: self.watch_namespace.clone().filter(|s| !s.is_empty()),
             shutdown_grace,
+            caps: Caps {
+                max_nodes: self.max_total_nodes,
+                max_gpus: self.max_total_gpus,
+                max_hourly_cost: self.max_total_hourly_cost,
+            },
         })
     }
 }
@@ -267,6 +295,7 @@ pub async fn start(
             resync: config.resync,
             watch_namespace: config.watch_namespace.clone(),
             identity: config.lease.identity.clone(),
+            caps: config.caps,
         };
         let grace = config.shutdown_grace;
         let shutdown = shutdown.clone();
@@ -349,6 +378,9 @@ mod tests {
             resync_interval: "10s".into(),
             watch_namespace: None,
             shutdown_grace: "10s".into(),
+            max_total_nodes: None,
+            max_total_gpus: None,
+            max_total_hourly_cost: None,
         }
     }
 
@@ -361,19 +393,40 @@ mod tests {
     }
 
     #[test]
+    fn caps_across_policies_are_optional_flags() {
+        let c = args().validate().unwrap();
+        assert!(c.caps.is_empty());
+        let mut a = args();
+        a.max_total_nodes = Some(20);
+        a.max_total_gpus = Some(64);
+        a.max_total_hourly_cost = Some(120.5);
+        let c = a.validate().unwrap();
+        assert_eq!(
+            c.caps,
+            Caps {
+                max_nodes: Some(20),
+                max_gpus: Some(64),
+                max_hourly_cost: Some(120.5)
+            }
+        );
+    }
+
+    #[test]
     fn every_bad_flag_is_reported_at_once() {
         let mut a = args();
         a.metrics_addr = "nope".into();
         a.lease_duration = "0s".into();
         a.resync_interval = "often".into();
         a.lease_name = String::new();
+        a.max_total_hourly_cost = Some(f64::NAN);
         let errors = a.validate().unwrap_err();
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 5, "{errors:?}");
         for flag in [
             "--metrics-addr",
             "--lease-duration",
             "--resync-interval",
             "--lease-name",
+            "--max-total-hourly-cost",
         ] {
             assert!(
                 errors.iter().any(|e| e.starts_with(flag)),
