@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::crd::{Condition, ForecastStatus, PrewarmPolicy, PrewarmPolicyStatus};
 use crate::demand::{DemandStreams, Latest, PolicyKey, Watch};
 use crate::karpenter::POLICY_LABEL;
+use crate::leader::Leadership;
 use crate::metrics::{self, PolicyGauges};
 use crate::plan::{self, Caps, Limits, Millis, OwnedNode, PlanInput, Usage, Want};
 use crate::provider::{CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
@@ -63,6 +64,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("the pod cache is not ready")]
     NotReady,
+    #[error("not leading (the Lease was not renewed in time): nothing written")]
+    NotLeader,
 }
 
 /// What the reconcile loop shares.
@@ -86,6 +89,7 @@ pub struct Context {
     tally: Mutex<HashMap<PolicyKey, Usage>>,
     /// Every policy the loop watches, to know whose share the tally lacks.
     policies: Store<PrewarmPolicy>,
+    leadership: Leadership,
 }
 
 impl std::fmt::Debug for Context {
@@ -107,6 +111,9 @@ pub struct Settings {
     pub identity: String,
     /// Caps across every policy this loop watches (`--max-total-*`).
     pub caps: Caps,
+    /// Checked right before every provider write: nothing is written once the Lease may
+    /// have passed to another replica.
+    pub leadership: Leadership,
 }
 
 pub fn now_ms() -> Millis {
@@ -185,6 +192,7 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         caps: settings.caps,
         tally: Mutex::new(HashMap::new()),
         policies: policy_reader.clone(),
+        leadership: settings.leadership.clone(),
     });
 
     let in_namespace = {
@@ -339,6 +347,10 @@ async fn apply(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(policy);
     let mut report = Report::default();
     let outcome = observe_and_act(policy, ctx, &mut report).await;
+    if matches!(outcome, Err(Error::NotLeader)) {
+        // Not ours to write any more, status included.
+        return outcome;
+    }
     if !report.counted && !ctx.caps.is_empty() {
         count_unplanned(policy, ctx).await;
     }
@@ -551,6 +563,9 @@ async fn observe_and_act(
             report.counted = true;
             if !ctx.dry_run {
                 let stale = due_for_hold(units.iter(), now, refresh);
+                if !stale.is_empty() {
+                    leading(ctx)?;
+                }
                 if !stale.is_empty()
                     && let Err(e) = provider.hold(&pref, &stale, now).await
                 {
@@ -748,14 +763,18 @@ async fn observe_and_act(
         .filter(|id| units.iter().any(|u| &u.id == *id))
         .cloned()
         .collect();
+    // Leadership is checked right before each write: a Lease lost mid-pass stops it there.
     let act = async {
         if !hold.is_empty() {
+            leading(ctx)?;
             provider.hold(&pref, &hold, now).await?;
         }
         if !release.is_empty() {
+            leading(ctx)?;
             provider.release(&pref, &release).await?;
         }
         if !remove.is_empty() {
+            leading(ctx)?;
             provider.remove(&pref, &remove).await?;
             tracing::info!(namespace = %ns, policy = %name, removed = ?remove, "capacity removed");
             publish(
@@ -775,6 +794,7 @@ async fn observe_and_act(
         }
         let mut created = Vec::new();
         if plan.create > 0 {
+            leading(ctx)?;
             created = provider
                 .create(
                     &pref,
@@ -811,7 +831,7 @@ async fn observe_and_act(
             )
             .await;
         }
-        Ok::<_, ProviderError>(created)
+        Ok::<_, Error>(created)
     };
     match act.await {
         Ok(created) => {
@@ -828,7 +848,7 @@ async fn observe_and_act(
             );
             Ok(resync)
         }
-        Err(e) => {
+        Err(Error::Provider(e)) => {
             c.set("Ready", false, e.reason(), e.to_string());
             if e.retryable() {
                 Err(e.into())
@@ -836,6 +856,16 @@ async fn observe_and_act(
                 Ok(resync)
             }
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// `Err(NotLeader)` unless this replica's leadership is valid right now.
+fn leading(ctx: &Context) -> Result<(), Error> {
+    if ctx.leadership.is_held() {
+        Ok(())
+    } else {
+        Err(Error::NotLeader)
     }
 }
 
@@ -1297,6 +1327,7 @@ async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error>
     };
     if !units.is_empty() {
         let ids: Vec<String> = units.into_iter().map(|u| u.id).collect();
+        leading(ctx)?;
         provider.remove(&pref, &ids).await?;
         tracing::info!(namespace = %key.0, policy = %key.1, removed = ?ids, "policy deleted: capacity removed");
     }

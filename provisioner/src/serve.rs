@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use headroom_common::parse_duration;
 
 use crate::controller::{self, Settings};
-use crate::leader::{self, LeaseConfig};
+use crate::leader::{self, Leadership, LeaseConfig};
 use crate::plan::Caps;
 
 /// Flags of `headroom-provisioner serve`. Every flag has an environment fallback.
@@ -277,10 +277,12 @@ pub async fn start(
 
     let (lead_tx, lead_rx) = watch::channel(false);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let leadership = Leadership::default();
     let election = tokio::spawn(leader::run(
         client.clone(),
         config.lease.clone(),
         lead_tx,
+        leadership.clone(),
         shutdown.clone(),
         async move {
             let _ = stopped_rx.await;
@@ -296,6 +298,7 @@ pub async fn start(
             watch_namespace: config.watch_namespace.clone(),
             identity: config.lease.identity.clone(),
             caps: config.caps,
+            leadership,
         };
         let grace = config.shutdown_grace;
         let shutdown = shutdown.clone();
