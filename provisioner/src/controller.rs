@@ -114,6 +114,8 @@ pub struct Settings {
     /// Checked right before every provider write: nothing is written once the Lease may
     /// have passed to another replica.
     pub leadership: Leadership,
+    /// TLS of the Demand client, for `https://` demand addresses.
+    pub demand_tls: Option<crate::demand::DemandTls>,
 }
 
 pub fn now_ms() -> Millis {
@@ -154,7 +156,7 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (demand, wake) = DemandStreams::new();
+    let (demand, wake) = DemandStreams::new(settings.demand_tls.clone());
     let (pods_reader, pods_writer) = reflector::store::<Pod>();
     let pods_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()

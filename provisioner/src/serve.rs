@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use headroom_common::parse_duration;
 
 use crate::controller::{self, Settings};
+use crate::demand::DemandTls;
 use crate::leader::{self, Leadership, LeaseConfig};
 use crate::plan::Caps;
 
@@ -65,6 +66,16 @@ pub struct ServeArgs {
     /// `hourlyPrice`; unpriced capacity cannot be created under it); no cap when unset.
     #[arg(long, env = "HEADROOM_MAX_TOTAL_HOURLY_COST")]
     pub max_total_hourly_cost: Option<f64>,
+    /// PEM CA bundle that an `https://` demandAddress's certificate must chain to (the only
+    /// trust: no system roots); `https://` addresses are refused without it.
+    #[arg(long, env = "HEADROOM_DEMAND_CA_FILE")]
+    pub demand_ca_file: Option<String>,
+    /// PEM client certificate for scalers that require one (mTLS); with --demand-key-file.
+    #[arg(long, env = "HEADROOM_DEMAND_CERT_FILE", requires = "demand_key_file")]
+    pub demand_cert_file: Option<String>,
+    /// PEM private key of --demand-cert-file.
+    #[arg(long, env = "HEADROOM_DEMAND_KEY_FILE", requires = "demand_cert_file")]
+    pub demand_key_file: Option<String>,
 }
 
 /// Validated configuration.
@@ -78,6 +89,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Caps across every policy.
     pub caps: Caps,
+    /// TLS of the Demand client, for `https://` addresses.
+    pub demand_tls: Option<DemandTls>,
 }
 
 impl Config {
@@ -96,6 +109,7 @@ impl Config {
             watch_namespace: None,
             shutdown_grace: Duration::from_secs(5),
             caps: Caps::default(),
+            demand_tls: None,
         }
     }
 }
@@ -155,6 +169,26 @@ impl ServeArgs {
                 "--max-total-hourly-cost: {cost} is not a cost of 0 or more"
             ));
         }
+        let mut read = |flag: &str, path: &Option<String>| -> Option<Vec<u8>> {
+            let path = path.as_deref()?;
+            match std::fs::read(path) {
+                Ok(b) if !b.is_empty() => Some(b),
+                Ok(_) => {
+                    errors.push(format!("--{flag}: {path} is empty"));
+                    None
+                }
+                Err(e) => {
+                    errors.push(format!("--{flag}: cannot read {path}: {e}"));
+                    None
+                }
+            }
+        };
+        let ca = read("demand-ca-file", &self.demand_ca_file);
+        let cert = read("demand-cert-file", &self.demand_cert_file);
+        let key = read("demand-key-file", &self.demand_key_file);
+        if ca.is_none() && self.demand_ca_file.is_none() && self.demand_cert_file.is_some() {
+            errors.push("--demand-cert-file needs --demand-ca-file".into());
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -179,6 +213,10 @@ impl ServeArgs {
                 max_gpus: self.max_total_gpus,
                 max_hourly_cost: self.max_total_hourly_cost,
             },
+            demand_tls: ca.map(|ca_pem| DemandTls {
+                ca_pem,
+                identity: cert.zip(key),
+            }),
         })
     }
 }
@@ -299,6 +337,7 @@ pub async fn start(
             identity: config.lease.identity.clone(),
             caps: config.caps,
             leadership,
+            demand_tls: config.demand_tls.clone(),
         };
         let grace = config.shutdown_grace;
         let shutdown = shutdown.clone();
@@ -384,6 +423,9 @@ mod tests {
             max_total_nodes: None,
             max_total_gpus: None,
             max_total_hourly_cost: None,
+            demand_ca_file: None,
+            demand_cert_file: None,
+            demand_key_file: None,
         }
     }
 
@@ -415,6 +457,22 @@ mod tests {
     }
 
     #[test]
+    fn a_demand_ca_file_gives_the_demand_client_tls() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/demand-tls");
+        let mut a = args();
+        assert!(a.validate().unwrap().demand_tls.is_none());
+        a.demand_ca_file = Some(format!("{dir}/ca.pem"));
+        let tls = a.validate().unwrap().demand_tls.unwrap();
+        assert!(tls.ca_pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        assert!(tls.identity.is_none());
+        a.demand_cert_file = Some(format!("{dir}/server.pem"));
+        a.demand_key_file = Some(format!("{dir}/server.key"));
+        let tls = a.validate().unwrap().demand_tls.unwrap();
+        assert!(tls.identity.is_some());
+        assert!(!format!("{tls:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
     fn every_bad_flag_is_reported_at_once() {
         let mut a = args();
         a.metrics_addr = "nope".into();
@@ -422,14 +480,16 @@ mod tests {
         a.resync_interval = "often".into();
         a.lease_name = String::new();
         a.max_total_hourly_cost = Some(f64::NAN);
+        a.demand_ca_file = Some("/nonexistent/ca.pem".into());
         let errors = a.validate().unwrap_err();
-        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert_eq!(errors.len(), 6, "{errors:?}");
         for flag in [
             "--metrics-addr",
             "--lease-duration",
             "--resync-interval",
             "--lease-name",
             "--max-total-hourly-cost",
+            "--demand-ca-file",
         ] {
             assert!(
                 errors.iter().any(|e| e.starts_with(flag)),
