@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use headroom_common::parse_duration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -34,9 +33,10 @@ use tokio_util::sync::CancellationToken;
 use crate::crd::{Condition, ForecastStatus, PrewarmPolicy, PrewarmPolicyStatus};
 use crate::demand::{DemandStreams, Latest, PolicyKey, Watch};
 use crate::karpenter::POLICY_LABEL;
+use crate::leader::Leadership;
 use crate::metrics::{self, PolicyGauges};
-use crate::plan::{self, Limits, Millis, OwnedNode, PlanInput, Want};
-use crate::provider::{CreateRequest, PolicyRef, ProviderError, Unit};
+use crate::plan::{self, Caps, Limits, Millis, OwnedNode, PlanInput, Usage, Want};
+use crate::provider::{CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
 use crate::providers::{self, ForPolicyError, karpenter::POLICY_REF_ANNOTATION};
 use crate::shape::{Shape, shape_of};
 
@@ -64,6 +64,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("the pod cache is not ready")]
     NotReady,
+    #[error("not leading (the Lease was not renewed in time): nothing written")]
+    NotLeader,
 }
 
 /// What the reconcile loop shares.
@@ -79,6 +81,15 @@ pub struct Context {
     /// Units whose time to capacity was recorded.
     recorded_ready: Mutex<HashSet<String>>,
     started_ms: Millis,
+    /// Caps across every policy (`--max-total-*`).
+    caps: Caps,
+    /// What each policy holds (with what its last plan created), for the caps: planning and
+    /// recording a policy's share happen under this lock, so two policies reconciled at once
+    /// cannot both take the last room.
+    tally: Mutex<HashMap<PolicyKey, Usage>>,
+    /// Every policy the loop watches, to know whose share the tally lacks.
+    policies: Store<PrewarmPolicy>,
+    leadership: Leadership,
 }
 
 impl std::fmt::Debug for Context {
@@ -98,12 +109,25 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// Reporting instance of events (the pod name).
     pub identity: String,
+    /// Caps across every policy this loop watches (`--max-total-*`).
+    pub caps: Caps,
+    /// Checked right before every provider write: nothing is written once the Lease may
+    /// have passed to another replica.
+    pub leadership: Leadership,
+    /// TLS of the Demand client, for `https://` demand addresses.
+    pub demand_tls: Option<crate::demand::DemandTls>,
 }
 
 pub fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A duration in the planner's milliseconds, saturating (durations are bounded by the spec's
+/// validation; this keeps a bug elsewhere from wrapping).
+fn millis_of(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
 
 fn rfc3339(ms: Millis) -> String {
@@ -132,7 +156,7 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (demand, wake) = DemandStreams::new();
+    let (demand, wake) = DemandStreams::new(settings.demand_tls.clone());
     let (pods_reader, pods_writer) = reflector::store::<Pod>();
     let pods_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -167,6 +191,10 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         failures: Mutex::new(HashMap::new()),
         recorded_ready: Mutex::new(HashSet::new()),
         started_ms: now_ms(),
+        caps: settings.caps,
+        tally: Mutex::new(HashMap::new()),
+        policies: policy_reader.clone(),
+        leadership: settings.leadership.clone(),
     });
 
     let in_namespace = {
@@ -313,12 +341,21 @@ struct Report {
     units: Vec<Unit>,
     forecast: Option<ForecastStatus>,
     gauges: Option<PolicyGauges>,
+    /// The policy's share of the caps was recorded in this pass.
+    counted: bool,
 }
 
 async fn apply(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(policy);
     let mut report = Report::default();
     let outcome = observe_and_act(policy, ctx, &mut report).await;
+    if matches!(outcome, Err(Error::NotLeader)) {
+        // Not ours to write any more, status included.
+        return outcome;
+    }
+    if !report.counted && !ctx.caps.is_empty() {
+        count_unplanned(policy, ctx).await;
+    }
     write_status(policy, ctx, &report).await?;
     match outcome {
         Ok(action) => {
@@ -347,20 +384,13 @@ async fn observe_and_act(
     let now = now_ms();
     let c = &mut report.conditions;
 
-    let (Some(lead), Some(scale_down)) = (
-        parse_duration(&spec.lead_time),
-        parse_duration(&spec.scale_down_after),
-    ) else {
-        c.set(
-            "Ready",
-            false,
-            "InvalidSpec",
-            format!(
-                "spec.leadTime {:?} or spec.scaleDownAfter {:?} is not a duration like 3m or 1h30m",
-                spec.lead_time, spec.scale_down_after
-            ),
-        );
-        return Ok(resync);
+    // Bounded (at most 24 h), so the arithmetic below cannot overflow whatever the spec says.
+    let (lead, scale_down) = match spec.durations() {
+        Ok(d) => (d.lead_time, d.scale_down_after),
+        Err(e) => {
+            c.set("Ready", false, "InvalidSpec", e.to_string());
+            return Ok(resync);
+        }
     };
 
     // The ScaledObject and its scale target's pod template give the shape.
@@ -418,7 +448,7 @@ async fn observe_and_act(
     };
 
     // The Demand stream: started here, kept while the policy resolves.
-    let horizon = (lead * 2).max(Duration::from_secs(600));
+    let horizon = lead.saturating_mul(2).max(Duration::from_secs(600));
     let latest = ctx.demand.ensure(
         &key,
         &Watch {
@@ -476,16 +506,34 @@ async fn observe_and_act(
     {
         return Err(Error::NotReady);
     }
-    let units = match provider.list(&pref).await {
-        Ok(u) => u,
+    let held = match provider.holdings(&pref).await {
+        Ok(h) => h,
         Err(e) => {
             c.set("Ready", false, e.reason(), e.to_string());
             return Err(e.into());
         }
     };
+    let units = held.units.clone();
     record_time_to_capacity(ctx, &pref, provider.name(), &units);
+    // Held units get their last-needed mark refreshed only now and then, so the writes do not
+    // wake us in a loop.
+    let refresh = (scale_down / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     report.units = units.clone();
-    let (owned, placed_elsewhere) = occupancy(ctx, &ns, &selector, &units, built.units_are_nodes);
+    let (mut owned, placed_elsewhere) =
+        occupancy(ctx, &ns, &selector, &units, built.units_are_nodes);
+    // Costs per owned unit for the hard limits, and the units asked for but not made yet (a
+    // lagging ReplicaSet) as in-flight nodes, so nothing is asked for twice.
+    let mut owned_costs: Vec<plan::UnitCost> = units.iter().map(|u| built.cost_of(u)).collect();
+    for i in 0..held.unmaterialised {
+        owned.push(OwnedNode {
+            id: format!("{UNMATERIALISED}{i}"),
+            ready: false,
+            busy_pods: 0,
+            last_needed: now,
+        });
+        owned_costs.push(built.worst);
+    }
+    let deleting: Vec<plan::UnitCost> = held.deleting.iter().map(|u| built.cost_of(u)).collect();
 
     // Demand: an error is reported, never read as 0.
     let answer = match demand_answer(&latest) {
@@ -499,12 +547,58 @@ async fn observe_and_act(
             a
         }
         Err((reason, message)) => {
+            // Nothing is created or removed without a forecast, and what exists is held (its
+            // last-needed mark kept fresh), so the outage does not count as idle time when
+            // the answers come back; the stream wakes us.
+            c.set(
+                "DemandDegraded",
+                true,
+                reason,
+                format!(
+                    "no forecast ({message}): holding all {} unit(s), creating and removing nothing",
+                    units.len()
+                ),
+            );
             c.set("DemandAvailable", false, reason, message.clone());
             c.set("Ready", false, reason, message);
-            // Nothing is created or removed without a forecast; the stream wakes us.
+            record_usage(ctx, &key, held_usage(&built, &held));
+            report.counted = true;
+            if !ctx.dry_run {
+                let stale = due_for_hold(units.iter(), now, refresh);
+                if !stale.is_empty() {
+                    leading(ctx)?;
+                }
+                if !stale.is_empty()
+                    && let Err(e) = provider.hold(&pref, &stale, now).await
+                {
+                    tracing::warn!(namespace = %ns, policy = %name, error = %e, "cannot hold capacity");
+                    if e.retryable() {
+                        return Err(e.into());
+                    }
+                }
+            }
             return Ok(resync);
         }
     };
+    // A trigger the scaler could not read is missing demand, not low demand: keep what exists.
+    let unreadable = unreadable_triggers(answer);
+    match &unreadable {
+        Some(message) => c.set(
+            "DemandDegraded",
+            true,
+            "TriggerUnreadable",
+            format!(
+                "{message}; holding all {} unit(s), removing none",
+                units.len()
+            ),
+        ),
+        None => c.set(
+            "DemandDegraded",
+            false,
+            "AllTriggersRead",
+            "every trigger was read",
+        ),
+    }
     let forecast: Vec<Want> = answer
         .forecast
         .iter()
@@ -518,8 +612,16 @@ async fn observe_and_act(
         max_gpus: spec.limits.max_gpus,
         max_hourly_cost: spec.limits.max_hourly_cost,
     };
-    let lead_ms = lead.as_millis() as Millis;
-    let plan = match plan::plan(&PlanInput {
+    let lead_ms = millis_of(lead);
+    let mut extra = plan::Extra {
+        hold_all: unreadable.is_some(),
+        owned_costs,
+        deleting,
+        new_unit: Some(built.worst),
+        cluster: ctx.caps,
+        others: Usage::default(),
+    };
+    let input = PlanInput {
         now,
         desired_now: answer.desired_replicas,
         forecast: &forecast,
@@ -530,8 +632,36 @@ async fn observe_and_act(
         owned: &owned,
         limits,
         min_warm_gpus: spec.min_warm_gpus,
-        scale_down_after: scale_down.as_millis() as Millis,
-    }) {
+        scale_down_after: millis_of(scale_down),
+    };
+    // Planned under the tally's lock, and its share recorded before the lock is let go: what
+    // the plan creates is reserved against the caps before any other policy plans.
+    let mut uncounted = None;
+    let planned = {
+        let mut tally = ctx.tally.lock().unwrap_or_else(PoisonError::into_inner);
+        if !ctx.caps.is_empty() {
+            match others_of(&tally, &key, &ctx.policies) {
+                Ok(others) => extra.others = others,
+                Err(missing) => {
+                    extra.others = Usage::FULL;
+                    uncounted = Some(missing);
+                }
+            }
+        }
+        let r = plan::plan_with(&input, &extra);
+        if let Ok(p) = &r {
+            let share = if ctx.dry_run {
+                held_usage(&built, &held)
+            } else {
+                p.usage
+            };
+            tally.insert(key.clone(), share);
+            metrics::cluster_usage(&total_of(&tally, &ctx.policies));
+        }
+        r
+    };
+    report.counted = planned.is_ok();
+    let plan = match planned {
         Ok(p) => p,
         Err(e) => {
             c.set("ShapeResolved", false, "PodDoesNotFit", e.to_string());
@@ -550,17 +680,36 @@ async fn observe_and_act(
         }),
     });
     match plan.limited_by {
-        Some(l) => c.set(
-            "LimitReached",
-            true,
-            limit_reason(l),
-            format!(
-                "{} holds the plan at {} node(s); the forecast wants {}",
-                l.name(),
-                plan.planned_nodes,
-                plan.wanted_nodes
-            ),
-        ),
+        Some(l) => {
+            let mut why = String::new();
+            if l.is_cluster_wide() {
+                metrics::cluster_cap_held(l.name());
+                why.push_str(" (a cap across all policies");
+                if let Some(missing) = &uncounted {
+                    why.push_str(&format!(
+                        ": waiting until the capacity of {missing} has been counted"
+                    ));
+                }
+                why.push(')');
+            } else if l == plan::Limit::HourlyCost && built.worst.hourly_price.is_none() {
+                why.push_str(
+                    " (a unit's price is unknown: list the instance types with hourlyPrice)",
+                );
+            } else if l == plan::Limit::Gpus && built.worst.gpus.is_none() {
+                why.push_str(" (a node's GPU count is unknown until it launches: one at a time)");
+            }
+            c.set(
+                "LimitReached",
+                true,
+                limit_reason(l),
+                format!(
+                    "{}{why} holds the plan at {} node(s); the forecast wants {}",
+                    l.name(),
+                    plan.planned_nodes,
+                    plan.wanted_nodes
+                ),
+            )
+        }
         None => c.set(
             "LimitReached",
             false,
@@ -570,7 +719,7 @@ async fn observe_and_act(
     }
     report.gauges = Some(PolicyGauges {
         planned_nodes: plan.planned_nodes,
-        planned_gpus: plan.planned_nodes * built.node.gpus,
+        planned_gpus: plan.planned_nodes.saturating_mul(built.node.gpus),
         node_gpus: built.node.gpus,
         max_nodes: limits.max_nodes,
         max_gpus: limits.max_gpus,
@@ -599,28 +748,37 @@ async fn observe_and_act(
 
     // Act: hold what is needed (refreshing the mark only now and then, so the writes do not
     // wake us in a loop), release what is not, remove what has been idle long enough, create.
-    let refresh = (scale_down / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let hold: Vec<String> = units
-        .iter()
-        .filter(|u| plan.needed.contains(&u.id))
-        .filter(|u| now - u.last_needed >= refresh.as_millis() as Millis)
-        .map(|u| u.id.clone())
-        .collect();
+    let hold = due_for_hold(
+        units.iter().filter(|u| plan.needed.contains(&u.id)),
+        now,
+        refresh,
+    );
     let release: Vec<String> = units
         .iter()
         .filter(|u| !plan.needed.contains(&u.id) && !plan.remove.contains(&u.id))
         .map(|u| u.id.clone())
         .collect();
+    // Only units that exist as objects are removed (not the stand-ins for unmade replicas).
+    let remove: Vec<String> = plan
+        .remove
+        .iter()
+        .filter(|id| units.iter().any(|u| &u.id == *id))
+        .cloned()
+        .collect();
+    // Leadership is checked right before each write: a Lease lost mid-pass stops it there.
     let act = async {
         if !hold.is_empty() {
+            leading(ctx)?;
             provider.hold(&pref, &hold, now).await?;
         }
         if !release.is_empty() {
+            leading(ctx)?;
             provider.release(&pref, &release).await?;
         }
-        if !plan.remove.is_empty() {
-            provider.remove(&pref, &plan.remove).await?;
-            tracing::info!(namespace = %ns, policy = %name, removed = ?plan.remove, "capacity removed");
+        if !remove.is_empty() {
+            leading(ctx)?;
+            provider.remove(&pref, &remove).await?;
+            tracing::info!(namespace = %ns, policy = %name, removed = ?remove, "capacity removed");
             publish(
                 ctx,
                 policy,
@@ -629,15 +787,16 @@ async fn observe_and_act(
                 "Remove",
                 format!(
                     "removed {} idle node(s), unneeded for {}: {}",
-                    plan.remove.len(),
+                    remove.len(),
                     spec.scale_down_after,
-                    plan.remove.join(", ")
+                    remove.join(", ")
                 ),
             )
             .await;
         }
         let mut created = Vec::new();
         if plan.create > 0 {
+            leading(ctx)?;
             created = provider
                 .create(
                     &pref,
@@ -674,11 +833,11 @@ async fn observe_and_act(
             )
             .await;
         }
-        Ok::<_, ProviderError>(created)
+        Ok::<_, Error>(created)
     };
     match act.await {
         Ok(created) => {
-            report.units.retain(|u| !plan.remove.contains(&u.id));
+            report.units.retain(|u| !remove.contains(&u.id));
             report.units.extend(created);
             c.set(
                 "Ready",
@@ -691,7 +850,7 @@ async fn observe_and_act(
             );
             Ok(resync)
         }
-        Err(e) => {
+        Err(Error::Provider(e)) => {
             c.set("Ready", false, e.reason(), e.to_string());
             if e.retryable() {
                 Err(e.into())
@@ -699,6 +858,16 @@ async fn observe_and_act(
                 Ok(resync)
             }
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// `Err(NotLeader)` unless this replica's leadership is valid right now.
+fn leading(ctx: &Context) -> Result<(), Error> {
+    if ctx.leadership.is_held() {
+        Ok(())
+    } else {
+        Err(Error::NotLeader)
     }
 }
 
@@ -707,7 +876,116 @@ fn limit_reason(l: plan::Limit) -> &'static str {
         plan::Limit::Nodes => "MaxNodes",
         plan::Limit::Gpus => "MaxGpus",
         plan::Limit::HourlyCost => "MaxHourlyCost",
+        plan::Limit::TotalNodes => "MaxTotalNodes",
+        plan::Limit::TotalGpus => "MaxTotalGpus",
+        plan::Limit::TotalHourlyCost => "MaxTotalHourlyCost",
     }
+}
+
+/// Ids of the in-flight nodes standing for a placeholder Deployment's replicas that have no
+/// pod yet: never written to (the provider skips its pending ids).
+const UNMATERIALISED: &str = "pending:unmaterialised:";
+
+/// What `held` counts against the limits.
+fn held_usage(built: &providers::Built, held: &Holdings) -> Usage {
+    let mut u = Usage::default();
+    for unit in held.units.iter().chain(&held.deleting) {
+        u.add(built.cost_of(unit), 1);
+    }
+    u.add(built.worst, u64::from(held.unmaterialised));
+    u
+}
+
+/// Sum of what every watched policy but `own` holds; `Err` naming a policy whose share is not
+/// known yet (just after start or a leadership change), when nothing may be created under a
+/// cap.
+fn others_of(
+    tally: &HashMap<PolicyKey, Usage>,
+    own: &PolicyKey,
+    policies: &Store<PrewarmPolicy>,
+) -> Result<Usage, String> {
+    let mut sum = Usage::default();
+    for p in policies.state() {
+        let key = key_of(&p);
+        if key == *own {
+            continue;
+        }
+        match tally.get(&key) {
+            Some(u) => sum = sum.plus(*u),
+            None => return Err(format!("policy {}/{}", key.0, key.1)),
+        }
+    }
+    Ok(sum)
+}
+
+/// What every watched policy holds, as far as the tally knows.
+fn total_of(tally: &HashMap<PolicyKey, Usage>, policies: &Store<PrewarmPolicy>) -> Usage {
+    policies
+        .state()
+        .iter()
+        .filter_map(|p| tally.get(&key_of(p)))
+        .fold(Usage::default(), |sum, u| sum.plus(*u))
+}
+
+fn record_usage(ctx: &Context, key: &PolicyKey, usage: Usage) {
+    let mut tally = ctx.tally.lock().unwrap_or_else(PoisonError::into_inner);
+    tally.insert(key.clone(), usage);
+    metrics::cluster_usage(&total_of(&tally, &ctx.policies));
+}
+
+/// Counts what a policy holds that this pass could not plan for (its ScaledObject or shape is
+/// missing, ...), so the caps across policies still see it: its units by their instance type
+/// where the spec lists it, and as of unknown size otherwise. Not counted (and so holding every
+/// creation under a cap back) while that listing fails.
+async fn count_unplanned(policy: &PrewarmPolicy, ctx: &Context) {
+    let key = key_of(policy);
+    let Some(provider) = providers::for_cleanup(&ctx.client, policy).await else {
+        record_usage(ctx, &key, Usage::default());
+        return;
+    };
+    let pref = PolicyRef {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        uid: policy.uid().unwrap_or_default(),
+    };
+    let held = match provider.holdings(&pref).await {
+        Ok(h) => h,
+        Err(ProviderError::Missing { .. }) => Holdings::default(),
+        Err(e) => {
+            tracing::warn!(namespace = %key.0, policy = %key.1, error = %e, "cannot count the policy's capacity for the caps");
+            return;
+        }
+    };
+    let spec = &policy.spec;
+    let catalog = match spec.mode {
+        crate::crd::CapacityMode::Karpenter => spec
+            .karpenter
+            .as_ref()
+            .map(|k| k.instance_types.clone())
+            .unwrap_or_default(),
+        crate::crd::CapacityMode::Ec2 => spec
+            .ec2
+            .as_ref()
+            .map(|e| e.instance_types.clone())
+            .unwrap_or_default(),
+        crate::crd::CapacityMode::Overprovision => Vec::new(),
+    };
+    let mut usage = Usage::default();
+    for unit in held.units.iter().chain(&held.deleting) {
+        let known = catalog.iter().find(|t| t.name == unit.instance_type);
+        usage.add(
+            plan::UnitCost {
+                gpus: unit.gpus.or(known.map(|t| t.gpus)),
+                hourly_price: known
+                    .and_then(|t| t.hourly_price)
+                    .or(Some(unit.hourly_price))
+                    .filter(|p| *p > 0.0),
+            },
+            1,
+        );
+    }
+    usage.add(plan::UnitCost::default(), u64::from(held.unmaterialised));
+    record_usage(ctx, &key, usage);
 }
 
 fn describe_shape(shape: &Shape, types: &[String]) -> String {
@@ -719,6 +997,38 @@ fn describe_shape(shape: &Shape, types: &[String]) -> String {
         s.push_str(&format!("; instance type {}", types.join("|")));
     }
     s
+}
+
+/// The units among `units` whose last-needed mark is older than `refresh`: those a hold
+/// writes to (the others were marked recently enough).
+fn due_for_hold<'a>(
+    units: impl Iterator<Item = &'a Unit>,
+    now: Millis,
+    refresh: Duration,
+) -> Vec<String> {
+    units
+        .filter(|u| now.saturating_sub(u.last_needed) >= millis_of(refresh))
+        .map(|u| u.id.clone())
+        .collect()
+}
+
+/// The triggers the scaler could not read in `answer` (their metric names and errors), as one
+/// message; `None` when every trigger was read.
+fn unreadable_triggers(answer: &headroom_proto::headroom::v1::DemandResponse) -> Option<String> {
+    let bad: Vec<String> = answer
+        .triggers
+        .iter()
+        .filter(|t| !t.error.is_empty())
+        .map(|t| {
+            let name = if t.metric_name.is_empty() {
+                "(unnamed)"
+            } else {
+                t.metric_name.as_str()
+            };
+            format!("trigger {name} unreadable: {}", t.error)
+        })
+        .collect();
+    (!bad.is_empty()).then(|| bad.join("; "))
 }
 
 fn demand_answer(
@@ -871,7 +1181,7 @@ fn record_time_to_capacity(
             && ready_at >= since
             && seen.insert(u.id.clone())
         {
-            let secs = (ready_at - u.created_at).max(0) as f64 / 1000.0;
+            let secs = ready_at.saturating_sub(u.created_at).max(0) as f64 / 1000.0;
             metrics::time_to_capacity(&policy.namespace, &policy.name, provider, secs);
         }
     }
@@ -906,14 +1216,18 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
     let in_flight = report.units.len() as u32 - warm;
     let mut conditions = Vec::new();
     for (kind, (ok, reason, message)) in &report.conditions.0 {
-        // LimitReached is "True" when bad; the others when good.
+        // LimitReached and DemandDegraded are "True" when bad; the others when good.
         let status = if *ok { "True" } else { "False" };
         let previous = old.conditions.iter().find(|c| c.type_ == *kind);
         let transition = match previous {
             Some(p) if p.status == status => p.last_transition_time.clone(),
             _ => rfc3339(now),
         };
-        let bad = if *kind == "LimitReached" { *ok } else { !*ok };
+        let bad = if matches!(*kind, "LimitReached" | "DemandDegraded") {
+            *ok
+        } else {
+            !*ok
+        };
         let changed = previous.is_none_or(|p| p.status != status || p.reason != *reason);
         if bad && changed && *reason != "WaitingForDemand" {
             publish(
@@ -947,7 +1261,7 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
         .iter()
         .filter_map(|u| {
             u.ready_at
-                .map(|r| (r, (r - u.created_at).max(0) as f64 / 1000.0))
+                .map(|r| (r, r.saturating_sub(u.created_at).max(0) as f64 / 1000.0))
         })
         .max_by_key(|(r, _)| *r)
         .map(|(_, s)| s)
@@ -965,8 +1279,8 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
         let gpus_per = g.node_gpus;
         g.warm_nodes = warm;
         g.in_flight_nodes = in_flight;
-        g.warm_gpus = warm * gpus_per;
-        g.in_flight_gpus = in_flight * gpus_per;
+        g.warm_gpus = warm.saturating_mul(gpus_per);
+        g.in_flight_gpus = in_flight.saturating_mul(gpus_per);
         g.hourly_cost = report.units.iter().map(|u| u.hourly_price).sum();
         let (ns, name) = key_of(policy);
         metrics::policy(&ns, &name, &g);
@@ -1015,6 +1329,7 @@ async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error>
     };
     if !units.is_empty() {
         let ids: Vec<String> = units.into_iter().map(|u| u.id).collect();
+        leading(ctx)?;
         provider.remove(&pref, &ids).await?;
         tracing::info!(namespace = %key.0, policy = %key.1, removed = ?ids, "policy deleted: capacity removed");
     }
@@ -1035,7 +1350,41 @@ mod tests {
             ready_at: None,
             last_needed: 0,
             hourly_price: 0.0,
+            gpus: None,
         }
+    }
+
+    #[test]
+    fn without_demand_every_unit_not_marked_recently_is_held() {
+        let mut old = unit("old");
+        old.last_needed = 1_000;
+        let mut recent = unit("recent");
+        recent.last_needed = 95_000;
+        let units = [old, recent, unit("never")];
+        let held = due_for_hold(units.iter(), 100_000, Duration::from_secs(10));
+        assert_eq!(held, ["old", "never"]);
+    }
+
+    #[test]
+    fn an_unreadable_trigger_is_named_with_its_error() {
+        use headroom_proto::headroom::v1::{DemandResponse, TriggerDemand};
+        let trigger = |metric: &str, error: &str| TriggerDemand {
+            metric_name: metric.into(),
+            error: error.into(),
+            ..Default::default()
+        };
+        let mut answer = DemandResponse {
+            triggers: vec![trigger("s0-redis-jobs", ""), trigger("s1-sqs-q", "")],
+            ..Default::default()
+        };
+        assert_eq!(unreadable_triggers(&answer), None);
+        answer.triggers[1].error = "connection refused".into();
+        let m = unreadable_triggers(&answer).unwrap();
+        assert_eq!(m, "trigger s1-sqs-q unreadable: connection refused");
+        answer.triggers[0].error = "timeout".into();
+        let m = unreadable_triggers(&answer).unwrap();
+        assert!(m.contains("s0-redis-jobs unreadable: timeout"), "{m}");
+        assert!(m.contains("s1-sqs-q"), "{m}");
     }
 
     #[test]

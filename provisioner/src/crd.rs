@@ -4,6 +4,9 @@
 //! from them, the committed copy lives in `charts/headroom/crds/`, and a test fails when the two
 //! differ.
 
+use std::time::Duration;
+
+use headroom_common::parse_duration;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -36,9 +39,13 @@ pub struct PrewarmPolicySpec {
     /// `headroom-scaler.headroom.svc:9090`.
     pub demand_address: String,
     /// How far ahead capacity is asked for: node boot plus image pull plus start-up, e.g. `3m`.
-    /// Default `3m`.
+    /// Default `3m`, at most `24h`.
     #[serde(default = "default_lead_time")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"),
+        length(max = 32),
+        extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('24h')", "message": "must be at most 24h"}])
+    )]
     pub lead_time: String,
     /// How capacity is made: `karpenter` (NodeClaims), `overprovision` (pause pods under a
     /// negative PriorityClass) or `ec2` (instances launched directly).
@@ -58,10 +65,60 @@ pub struct PrewarmPolicySpec {
     #[serde(default)]
     pub min_warm_gpus: u32,
     /// How long capacity must have gone unneeded before it is removed, e.g. `10m`. Idle capacity
-    /// only: capacity running pods is never removed. Default `10m`.
+    /// only: capacity running pods is never removed. Default `10m`, at most `24h`.
     #[serde(default = "default_scale_down_after")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"),
+        length(max = 32),
+        extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('24h')", "message": "must be at most 24h"}])
+    )]
     pub scale_down_after: String,
+}
+
+/// The longest `leadTime` and `scaleDownAfter` a policy may give: checked by the API server
+/// (a CEL rule in the CRD) and again in [`PrewarmPolicySpec::durations`], so a policy written
+/// before the rule existed (or with validation off) gets a condition, never an overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// A policy's durations, parsed and within [`MAX_DURATION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecDurations {
+    pub lead_time: Duration,
+    pub scale_down_after: Duration,
+}
+
+/// Why a policy's spec cannot be planned for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("spec.{field} {value:?} is not a duration like 3m or 1h30m")]
+    NotADuration { field: &'static str, value: String },
+    #[error("spec.{field} {value:?} is longer than the maximum of 24h")]
+    TooLong { field: &'static str, value: String },
+}
+
+impl PrewarmPolicySpec {
+    /// `leadTime` and `scaleDownAfter`, parsed and bounded by [`MAX_DURATION`]: whatever they
+    /// say, the arithmetic on them afterwards (twice the lead time, milliseconds as `i64`)
+    /// cannot overflow.
+    pub fn durations(&self) -> Result<SpecDurations, SpecError> {
+        let parse = |field: &'static str, value: &str| {
+            let d = parse_duration(value).ok_or_else(|| SpecError::NotADuration {
+                field,
+                value: value.to_string(),
+            })?;
+            if d > MAX_DURATION {
+                return Err(SpecError::TooLong {
+                    field,
+                    value: value.to_string(),
+                });
+            }
+            Ok(d)
+        };
+        Ok(SpecDurations {
+            lead_time: parse("leadTime", &self.lead_time)?,
+            scale_down_after: parse("scaleDownAfter", &self.scale_down_after)?,
+        })
+    }
 }
 
 fn default_lead_time() -> String {
@@ -281,6 +338,51 @@ mod tests {
             committed == generated,
             "{path} is stale: regenerate it with `cargo run -p headroom-provisioner -- crd`"
         );
+    }
+
+    fn spec_with(lead_time: &str, scale_down_after: &str) -> PrewarmPolicySpec {
+        let mut spec: PrewarmPolicySpec = serde_yaml::from_str(
+            "scaledObjectRef: {name: w}\ndemandAddress: s:9090\nmode: karpenter\n\
+             limits: {maxNodes: 1, maxGpus: 1}\n",
+        )
+        .unwrap();
+        spec.lead_time = lead_time.into();
+        spec.scale_down_after = scale_down_after.into();
+        spec
+    }
+
+    #[test]
+    fn absurd_durations_are_spec_errors_not_overflows() {
+        for (lead, down, field) in [
+            ("4000000000000000h", "10m", "leadTime"),
+            ("25h", "10m", "leadTime"),
+            ("24h0.001s", "10m", "leadTime"),
+            ("3m", "99999999999999999999h", "scaleDownAfter"),
+            ("3m", "1e400s", "scaleDownAfter"),
+            ("-1s", "10m", "leadTime"),
+            ("", "10m", "leadTime"),
+        ] {
+            let e = spec_with(lead, down).durations().unwrap_err();
+            assert!(e.to_string().contains(field), "{lead} {down}: {e}");
+        }
+        let d = spec_with("24h", "0s").durations().unwrap();
+        assert_eq!(d.lead_time, MAX_DURATION);
+        assert_eq!(d.scale_down_after, Duration::ZERO);
+        // What the controller does with the largest allowed lead time does not overflow.
+        assert!(d.lead_time.checked_mul(2).is_some());
+        assert!(i64::try_from(d.lead_time.as_millis()).is_ok());
+    }
+
+    #[test]
+    fn the_crd_bounds_both_durations_with_a_cel_rule() {
+        let yaml = crd_yaml().unwrap();
+        assert_eq!(
+            yaml.matches("rule: duration(self) <= duration('24h')")
+                .count(),
+            2,
+            "{yaml}"
+        );
+        assert_eq!(yaml.matches("maxLength: 32").count(), 2);
     }
 
     #[test]

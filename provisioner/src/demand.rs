@@ -3,6 +3,11 @@
 //!
 //! A Demand service that cannot be reached, or answers an error, or stays silent for three
 //! steps, is an error the policy reports (`DemandAvailable=False`) — never a demand of 0.
+//!
+//! TLS: an `https://` address is verified against the operator's CA bundle
+//! (`--demand-ca-file`), with a client certificate when the scaler asks for one
+//! (`--demand-cert-file`, `--demand-key-file`). The bundle is the only trust: there are no
+//! system roots in this build, and a policy cannot name its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +18,7 @@ use headroom_proto::headroom::v1::{DemandRequest, DemandResponse, TriggerMetadat
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::metrics;
 
@@ -54,10 +59,40 @@ struct Stream {
     task: JoinHandle<()>,
 }
 
+/// How the Demand client verifies (and proves itself to) a scaler behind `https://`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DemandTls {
+    /// PEM CA bundle the scaler's certificate must chain to.
+    pub ca_pem: Vec<u8>,
+    /// PEM client certificate and key, for a scaler that requires client certificates.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for DemandTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("DemandTls")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl DemandTls {
+    fn config(&self) -> ClientTlsConfig {
+        let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        c
+    }
+}
+
 /// Every policy's Demand stream.
 pub struct DemandStreams {
     streams: Mutex<HashMap<PolicyKey, Stream>>,
     wake: mpsc::UnboundedSender<PolicyKey>,
+    tls: Option<DemandTls>,
 }
 
 impl std::fmt::Debug for DemandStreams {
@@ -67,13 +102,15 @@ impl std::fmt::Debug for DemandStreams {
 }
 
 impl DemandStreams {
-    /// The streams, and the receiver of "policy P has a new answer or error".
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<PolicyKey>) {
+    /// The streams, and the receiver of "policy P has a new answer or error". `tls` is used
+    /// for `https://` addresses (which are refused without it).
+    pub fn new(tls: Option<DemandTls>) -> (Self, mpsc::UnboundedReceiver<PolicyKey>) {
         let (wake, rx) = mpsc::unbounded_channel();
         (
             Self {
                 streams: Mutex::new(HashMap::new()),
                 wake,
+                tls,
             },
             rx,
         )
@@ -100,6 +137,7 @@ impl DemandStreams {
         let task = tokio::spawn(run(
             policy.clone(),
             watch.clone(),
+            self.tls.clone(),
             latest.clone(),
             self.wake.clone(),
         ));
@@ -143,31 +181,41 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn endpoint(address: &str) -> Result<Endpoint, String> {
+fn endpoint(address: &str, tls: Option<&DemandTls>) -> Result<Endpoint, String> {
     let url = if address.contains("://") {
         address.to_string()
     } else {
         format!("http://{address}")
     };
-    if !url.starts_with("http://") {
+    let secure = url.starts_with("https://");
+    if !secure && !url.starts_with("http://") {
         return Err(format!(
-            "spec.demandAddress {address:?}: only plain gRPC (host:port or http://host:port) is supported"
+            "spec.demandAddress {address:?}: the scheme must be http:// or https:// (or none: host:port)"
         ));
     }
-    Endpoint::from_shared(url)
-        .map(|e| {
-            e.connect_timeout(Duration::from_secs(3))
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .keep_alive_while_idle(true)
-        })
-        .map_err(|e| format!("spec.demandAddress {address:?} is not a valid address: {e}"))
+    let e = Endpoint::from_shared(url)
+        .map_err(|e| format!("spec.demandAddress {address:?} is not a valid address: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    if !secure {
+        return Ok(e);
+    }
+    let Some(tls) = tls else {
+        return Err(format!(
+            "spec.demandAddress {address:?} is https: the provisioner needs --demand-ca-file (chart: provisioner.demandTls) to verify the scaler"
+        ));
+    };
+    e.tls_config(tls.config())
+        .map_err(|e| format!("spec.demandAddress {address:?}: TLS configuration: {e}"))
 }
 
 /// One policy's stream, forever (until aborted): connect, watch, record, reconnect.
 async fn run(
     policy: PolicyKey,
     watch: Watch,
+    tls: Option<DemandTls>,
     latest: Arc<Mutex<Latest>>,
     wake: mpsc::UnboundedSender<PolicyKey>,
 ) {
@@ -196,7 +244,7 @@ async fn run(
     let idle = STEP * 3;
     let mut backoff = MIN_BACKOFF;
     loop {
-        let endpoint = match endpoint(&watch.address) {
+        let endpoint = match endpoint(&watch.address, tls.as_ref()) {
             Ok(e) => e,
             Err(e) => {
                 // A bad address does not heal by retrying; the policy must change (which
@@ -328,16 +376,122 @@ mod tests {
     }
 
     #[test]
-    fn addresses_get_a_scheme_and_tls_is_refused_clearly() {
-        assert!(endpoint("scaler.headroom.svc:9090").is_ok());
-        assert!(endpoint("http://127.0.0.1:9090").is_ok());
-        let e = endpoint("https://x:1").unwrap_err();
-        assert!(e.contains("spec.demandAddress"), "{e}");
+    fn addresses_get_a_scheme_and_https_needs_the_operators_ca_bundle() {
+        assert!(endpoint("scaler.headroom.svc:9090", None).is_ok());
+        assert!(endpoint("http://127.0.0.1:9090", None).is_ok());
+        let e = endpoint("https://x:1", None).unwrap_err();
+        assert!(e.contains("--demand-ca-file"), "{e}");
+        let e = endpoint("ftp://x:1", None).unwrap_err();
+        assert!(e.contains("http:// or https://"), "{e}");
+        let tls = DemandTls {
+            ca_pem: CA.to_vec(),
+            identity: None,
+        };
+        assert!(endpoint("https://headroom-scaler.headroom.svc:9090", Some(&tls)).is_ok());
+    }
+
+    const CA: &[u8] = include_bytes!("../testdata/demand-tls/ca.pem");
+    const SERVER_CERT: &[u8] = include_bytes!("../testdata/demand-tls/server.pem");
+    const SERVER_KEY: &[u8] = include_bytes!("../testdata/demand-tls/server.key");
+
+    /// A Demand service answering 3 replicas once, then holding the stream open.
+    struct Three;
+
+    #[tonic::async_trait]
+    impl headroom_proto::headroom::v1::demand_server::Demand for Three {
+        async fn get_demand(
+            &self,
+            _: tonic::Request<DemandRequest>,
+        ) -> Result<tonic::Response<DemandResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("watch only"))
+        }
+
+        type WatchDemandStream = std::pin::Pin<
+            Box<dyn tokio_stream::Stream<Item = Result<DemandResponse, tonic::Status>> + Send>,
+        >;
+
+        async fn watch_demand(
+            &self,
+            _: tonic::Request<DemandRequest>,
+        ) -> Result<tonic::Response<Self::WatchDemandStream>, tonic::Status> {
+            use futures::StreamExt;
+            let answer = DemandResponse {
+                desired_replicas: 3,
+                ..Default::default()
+            };
+            let s =
+                futures::stream::once(async move { Ok(answer) }).chain(futures::stream::pending());
+            Ok(tonic::Response::new(Box::pin(s)))
+        }
+    }
+
+    async fn tls_demand_service() -> std::net::SocketAddr {
+        use tonic::transport::{Server, ServerTlsConfig};
+        headroom_common::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(SERVER_CERT, SERVER_KEY));
+        let server = Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(headroom_proto::headroom::v1::demand_server::DemandServer::new(Three))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tokio::spawn(server);
+        addr
+    }
+
+    fn watch_at(address: String) -> Watch {
+        Watch {
+            address,
+            namespace: "ns".into(),
+            name: "so".into(),
+            triggers: vec![],
+            horizon: Duration::from_secs(600),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_https_demand_service_is_verified_against_the_ca_bundle_and_answers() {
+        let addr = tls_demand_service().await;
+        let tls = DemandTls {
+            ca_pem: CA.to_vec(),
+            identity: None,
+        };
+        let (streams, mut wake) = DemandStreams::new(Some(tls));
+        let key = ("ns".to_string(), "p".to_string());
+        let watch = watch_at(format!("https://localhost:{}", addr.port()));
+        streams.ensure(&key, &watch);
+        tokio::time::timeout(Duration::from_secs(10), wake.recv())
+            .await
+            .unwrap();
+        let latest = streams.ensure(&key, &watch);
+        let (answer, _) = latest.answer.expect("an answer over TLS");
+        assert_eq!(answer.desired_replicas, 3, "{:?}", latest.error);
+    }
+
+    #[tokio::test]
+    async fn an_https_demand_service_outside_the_ca_bundle_is_refused() {
+        let addr = tls_demand_service().await;
+        // Another CA than the one that signed the scaler's certificate.
+        let tls = DemandTls {
+            ca_pem: include_bytes!("../testdata/demand-tls/other-ca.pem").to_vec(),
+            identity: None,
+        };
+        let (streams, mut wake) = DemandStreams::new(Some(tls));
+        let key = ("ns".to_string(), "p".to_string());
+        let watch = watch_at(format!("https://localhost:{}", addr.port()));
+        streams.ensure(&key, &watch);
+        tokio::time::timeout(Duration::from_secs(10), wake.recv())
+            .await
+            .unwrap();
+        let latest = streams.ensure(&key, &watch);
+        assert!(latest.answer.is_none());
+        assert!(latest.error.is_some());
     }
 
     #[tokio::test]
     async fn an_unreachable_demand_service_is_an_error_and_wakes_the_policy() {
-        let (streams, mut wake) = DemandStreams::new();
+        let (streams, mut wake) = DemandStreams::new(None);
         let key = ("ns".to_string(), "p".to_string());
         let watch = Watch {
             address: "127.0.0.1:1".into(),

@@ -20,6 +20,8 @@ pub const DEMAND_ERRORS: &str = "headroom_provisioner_demand_errors_total";
 pub const RECONCILES: &str = "headroom_provisioner_reconciles_total";
 pub const RECONCILE_DURATION: &str = "headroom_provisioner_reconcile_duration_seconds";
 pub const LEADER: &str = "headroom_provisioner_leader";
+pub const CLUSTER_USAGE: &str = "headroom_provisioner_cluster_usage";
+pub const CLUSTER_CAP_HELD: &str = "headroom_provisioner_cluster_cap_held_total";
 pub const BUILD_INFO: &str = "headroom_build_info";
 
 /// Buckets of provider calls and reconciles: 1 ms to 30 s.
@@ -84,6 +86,14 @@ pub fn describe() {
         "Duration of one reconcile."
     );
     describe_gauge!(LEADER, "1 on the replica holding the Lease, else 0.");
+    describe_gauge!(
+        CLUSTER_USAGE,
+        "What all policies hold, as the caps across policies count it (ready, in-flight and deleting units; worst case where a unit's type is unknown), by resource (nodes, gpus, hourly_cost)."
+    );
+    describe_counter!(
+        CLUSTER_CAP_HELD,
+        "Plans a cap across all policies held below the forecast, by limit (maxTotalNodes, maxTotalGpus, maxTotalHourlyCost)."
+    );
     describe_gauge!(BUILD_INFO, "Build information; always 1.");
     gauge!(BUILD_INFO, "component" => "provisioner", "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
@@ -121,7 +131,7 @@ pub fn policy(namespace: &str, policy: &str, g: &PolicyGauges) {
         gauge!(name, "namespace" => ns.clone(), "policy" => p.clone(), "resource" => "gpus")
             .set(f64::from(gpus));
     }
-    for limit in ["maxNodes", "maxGpus", "maxHourlyCost"] {
+    for limit in crate::plan::Limit::ALL.map(crate::plan::Limit::name) {
         let v = if g.at_limit == Some(limit) { 1.0 } else { 0.0 };
         gauge!(AT_LIMIT, "namespace" => ns.clone(), "policy" => p.clone(), "limit" => limit).set(v);
     }
@@ -163,6 +173,19 @@ pub fn leader(is_leader: bool) {
     gauge!(LEADER).set(if is_leader { 1.0 } else { 0.0 });
 }
 
+/// What all policies hold (unknown GPUs or prices count as nothing here; the caps count them
+/// as everything).
+pub fn cluster_usage(u: &crate::plan::Usage) {
+    gauge!(CLUSTER_USAGE, "resource" => "nodes").set(u.nodes as f64);
+    gauge!(CLUSTER_USAGE, "resource" => "gpus").set(u.gpus as f64);
+    gauge!(CLUSTER_USAGE, "resource" => "hourly_cost").set(u.hourly_cost);
+}
+
+/// A cap across all policies (`limit`: `maxTotalNodes`, ...) held a plan back.
+pub fn cluster_cap_held(limit: &'static str) {
+    counter!(CLUSTER_CAP_HELD, "limit" => limit).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +218,12 @@ mod tests {
             demand_error("ml", "gpu");
             reconcile(true, Duration::from_millis(3));
             leader(true);
+            cluster_usage(&crate::plan::Usage {
+                nodes: 3,
+                gpus: 12,
+                ..Default::default()
+            });
+            cluster_cap_held("maxTotalGpus");
         });
         let text = handle.render();
         for line in [
@@ -213,6 +242,9 @@ mod tests {
             r#"headroom_provisioner_demand_errors_total{namespace="ml",policy="gpu"} 1"#,
             r#"headroom_provisioner_reconciles_total{result="ok"} 1"#,
             r#"headroom_provisioner_leader 1"#,
+            r#"headroom_provisioner_at_limit{namespace="ml",policy="gpu",limit="maxTotalGpus"} 0"#,
+            r#"headroom_provisioner_cluster_usage{resource="gpus"} 12"#,
+            r#"headroom_provisioner_cluster_cap_held_total{limit="maxTotalGpus"} 1"#,
             r#"headroom_build_info{component="provisioner",version=""#,
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");

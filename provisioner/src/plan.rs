@@ -83,21 +83,121 @@ pub struct Limits {
     pub max_hourly_cost: Option<f64>,
 }
 
-/// Which limit held the plan below what the forecast wanted.
+/// Which limit held the plan below what the forecast wanted: one of the policy's, or a cap
+/// across every policy (`--max-total-*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Nodes,
     Gpus,
     HourlyCost,
+    TotalNodes,
+    TotalGpus,
+    TotalHourlyCost,
 }
 
 impl Limit {
+    /// Every limit, in the order of [`Limit::name`]s the metrics list.
+    pub const ALL: [Limit; 6] = [
+        Limit::Nodes,
+        Limit::Gpus,
+        Limit::HourlyCost,
+        Limit::TotalNodes,
+        Limit::TotalGpus,
+        Limit::TotalHourlyCost,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Limit::Nodes => "maxNodes",
             Limit::Gpus => "maxGpus",
             Limit::HourlyCost => "maxHourlyCost",
+            Limit::TotalNodes => "maxTotalNodes",
+            Limit::TotalGpus => "maxTotalGpus",
+            Limit::TotalHourlyCost => "maxTotalHourlyCost",
         }
+    }
+
+    /// A cap across every policy, not one policy's limit.
+    pub fn is_cluster_wide(self) -> bool {
+        matches!(
+            self,
+            Limit::TotalNodes | Limit::TotalGpus | Limit::TotalHourlyCost
+        )
+    }
+}
+
+/// What one unit counts against the limits: its instance type's GPUs and hourly price when the
+/// type is known, else the worst case (most GPUs, highest price) of the types it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct UnitCost {
+    /// `None`: not even a worst case is known — such a unit may hold every GPU a limit leaves,
+    /// so while one exists nothing more is created under a GPU limit.
+    pub gpus: Option<u32>,
+    /// `None`: unknown — a cost limit cannot be held then, so nothing is created under one.
+    /// `Some(0.0)`: free (a placeholder pod; the planner's own default for an unpriced type).
+    pub hourly_price: Option<f64>,
+}
+
+/// Capacity held, as the limits count it: ready, in-flight and deleting units alike.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    pub nodes: u64,
+    pub gpus: u64,
+    /// Some unit's GPUs are unknown.
+    pub unknown_gpus: bool,
+    pub hourly_cost: f64,
+    /// Some unit's price is unknown.
+    pub unknown_cost: bool,
+}
+
+impl Usage {
+    /// More than any cap allows: what an unknown share counts as.
+    pub const FULL: Usage = Usage {
+        nodes: u64::MAX,
+        gpus: u64::MAX,
+        unknown_gpus: true,
+        hourly_cost: f64::INFINITY,
+        unknown_cost: true,
+    };
+
+    /// Adds `n` units costing `cost` each.
+    pub fn add(&mut self, cost: UnitCost, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.nodes = self.nodes.saturating_add(n);
+        match cost.gpus {
+            Some(g) => self.gpus = self.gpus.saturating_add(u64::from(g).saturating_mul(n)),
+            None => self.unknown_gpus = true,
+        }
+        match cost.hourly_price {
+            Some(p) => self.hourly_cost += p.max(0.0) * n as f64,
+            None => self.unknown_cost = true,
+        }
+    }
+
+    /// The sum of two usages.
+    pub fn plus(mut self, other: Usage) -> Usage {
+        self.nodes = self.nodes.saturating_add(other.nodes);
+        self.gpus = self.gpus.saturating_add(other.gpus);
+        self.unknown_gpus |= other.unknown_gpus;
+        self.hourly_cost += other.hourly_cost;
+        self.unknown_cost |= other.unknown_cost;
+        self
+    }
+}
+
+/// Caps across every policy (the provisioner's `--max-total-*` flags); `None`: no cap.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Caps {
+    pub max_nodes: Option<u32>,
+    pub max_gpus: Option<u32>,
+    pub max_hourly_cost: Option<f64>,
+}
+
+impl Caps {
+    pub fn is_empty(&self) -> bool {
+        self.max_nodes.is_none() && self.max_gpus.is_none() && self.max_hourly_cost.is_none()
     }
 }
 
@@ -123,7 +223,7 @@ pub struct PlanInput<'a> {
 }
 
 /// What the controller should do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// Replicas the capacity is planned for (the peak within the lead time).
     pub peak_replicas: u32,
@@ -139,6 +239,9 @@ pub struct Plan {
     pub remove: Vec<String>,
     /// The limit that held `planned_nodes` below `wanted_nodes`, if any.
     pub limited_by: Option<Limit>,
+    /// What the policy holds once `create` is done (owned, deleting and created units): its
+    /// share of the caps across policies.
+    pub usage: Usage,
 }
 
 /// Why no plan can be made: the controller reports it as a condition and creates nothing.
@@ -157,8 +260,36 @@ pub enum PlanError {
     },
 }
 
+/// What the controller knows beyond [`PlanInput`]; [`Extra::default`] is what [`plan`] assumes
+/// (and the simulator, which calls it, needs nothing more).
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// The demand behind the plan is incomplete (a trigger could not be read): every owned
+    /// node is kept and counted as needed — nothing is released or removed — while capacity
+    /// may still be added for what the readable triggers want. A missing metric never reads
+    /// as low demand (as the HPA refuses to scale down on one).
+    pub hold_all: bool,
+    /// What each of `PlanInput::owned` counts against the limits, in the same order; a node
+    /// without an entry counts as [`Extra::new_unit`].
+    pub owned_costs: Vec<UnitCost>,
+    /// Units being deleted: no longer capacity for pods, but held (and paid for) until gone,
+    /// so they count against every limit.
+    pub deleting: Vec<UnitCost>,
+    /// What a unit created now counts (the worst case of the types it may be); `None`: the
+    /// GPUs and price of `PlanInput::node` (an unpriced node counting as free).
+    pub new_unit: Option<UnitCost>,
+    /// Caps across every policy, and what the other policies hold.
+    pub cluster: Caps,
+    pub others: Usage,
+}
+
 /// The capacity wanted now. See the module documentation for the rules.
 pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+    plan_with(input, &Extra::default())
+}
+
+/// [`plan`], with what only the controller knows.
+pub fn plan_with(input: &PlanInput<'_>, extra: &Extra) -> Result<Plan, PlanError> {
     let per_node = input.node.pods_per_node(&input.shape);
     if per_node == 0 {
         return Err(PlanError::PodDoesNotFit {
@@ -188,12 +319,63 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     };
     let wanted = for_pods.max(for_warm).min(u64::from(u32::MAX)) as u32;
 
-    let (limit, limited_by) = node_limit(&input.limits, &input.node);
+    // Which owned nodes to keep follows the policy's limits in nodes of the plan's type; what
+    // may be created is counted unit by unit (below).
+    let (limit, static_limit) = node_limit(&input.limits, &input.node);
     let planned = wanted.min(limit);
-    let limited_by = (planned < wanted).then_some(limited_by).flatten();
 
-    let owned = input.owned.len() as u32;
-    let create = planned.saturating_sub(owned);
+    // Hard limits: everything held counts — ready, in flight, unneeded and deleting units, by
+    // their own type where known and by the worst case otherwise — and so does what the other
+    // policies hold against the caps across policies.
+    let node_cost = UnitCost {
+        gpus: Some(input.node.gpus),
+        hourly_price: Some(input.node.hourly_price.max(0.0)),
+    };
+    let new_unit = extra.new_unit.unwrap_or(node_cost);
+    let mut usage = Usage::default();
+    for i in 0..input.owned.len() {
+        usage.add(extra.owned_costs.get(i).copied().unwrap_or(new_unit), 1);
+    }
+    for cost in &extra.deleting {
+        usage.add(*cost, 1);
+    }
+    let policy_limits = Caps {
+        max_nodes: Some(input.limits.max_nodes),
+        max_gpus: Some(input.limits.max_gpus),
+        max_hourly_cost: input.limits.max_hourly_cost,
+    };
+    let by_policy = room(
+        &policy_limits,
+        &usage,
+        new_unit,
+        input.node.gpus,
+        [Limit::Nodes, Limit::Gpus, Limit::HourlyCost],
+    );
+    let by_cluster = room(
+        &extra.cluster,
+        &usage.plus(extra.others),
+        new_unit,
+        input.node.gpus,
+        [Limit::TotalNodes, Limit::TotalGpus, Limit::TotalHourlyCost],
+    );
+    let (fits, hard_limit) = if by_cluster.0 < by_policy.0 {
+        by_cluster
+    } else {
+        by_policy
+    };
+
+    let owned = u32::try_from(input.owned.len()).unwrap_or(u32::MAX);
+    let want_create = planned.saturating_sub(owned);
+    let create = u64::from(want_create).min(fits) as u32;
+    usage.add(new_unit, u64::from(create));
+    let planned = planned.min(owned.saturating_add(create));
+    let limited_by = if planned >= wanted {
+        None
+    } else if create < want_create {
+        hard_limit
+    } else {
+        static_limit
+    };
 
     // Which owned nodes are needed: busy ones always (their pods need them), then ready ones,
     // then the oldest-needed, up to the plan.
@@ -208,7 +390,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     let mut needed = Vec::new();
     let mut remove = Vec::new();
     for (i, node) in order.into_iter().enumerate() {
-        if node.busy_pods > 0 || (i as u32) < planned {
+        if extra.hold_all || node.busy_pods > 0 || (i as u32) < planned {
             needed.push(node.id.clone());
         } else if input.now.saturating_sub(node.last_needed) >= input.scale_down_after {
             remove.push(node.id.clone());
@@ -222,7 +404,63 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         needed,
         remove,
         limited_by,
+        usage,
     })
+}
+
+/// How many more units costing `unit` fit beside `used` under `limits`, and the limit that
+/// binds first (`names`: nodes, GPUs, cost). A unit of unknown GPUs holds at least `min_gpus`.
+fn room(
+    limits: &Caps,
+    used: &Usage,
+    unit: UnitCost,
+    min_gpus: u32,
+    names: [Limit; 3],
+) -> (u64, Option<Limit>) {
+    let mut best = (u64::MAX, None);
+    let mut bind = |k: u64, limit: Limit| {
+        if k < best.0 {
+            best = (k, Some(limit));
+        }
+    };
+    if let Some(max) = limits.max_nodes {
+        bind(u64::from(max).saturating_sub(used.nodes), names[0]);
+    }
+    if let Some(max) = limits.max_gpus {
+        let left = u64::from(max).saturating_sub(used.gpus);
+        let k = match unit.gpus {
+            Some(0) => u64::MAX,
+            // A unit of unknown size may hold all that is left.
+            _ if used.unknown_gpus => 0,
+            Some(g) => left / u64::from(g),
+            None => u64::from(left >= u64::from(min_gpus.max(1))),
+        };
+        bind(k, names[1]);
+    }
+    if let Some(max) = limits.max_hourly_cost {
+        let max = max.max(0.0);
+        let k = match unit.hourly_price {
+            Some(p) if p <= 0.0 => u64::MAX,
+            _ if used.unknown_cost => 0,
+            None => 0,
+            Some(p) if !p.is_finite() => 0,
+            Some(p) => {
+                let left = max - used.hourly_cost;
+                let mut k = if left > 0.0 {
+                    (left / p).floor().min(u32::MAX as f64) as u64
+                } else {
+                    0
+                };
+                // Division rounds; the sum is what must hold.
+                while k > 0 && used.hourly_cost + k as f64 * p > max {
+                    k -= 1;
+                }
+                k
+            }
+        };
+        bind(k, names[2]);
+    }
+    best
 }
 
 /// The most nodes the limits allow, and the limit that binds.
@@ -390,6 +628,222 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_demand_keeps_every_node_and_still_adds_for_what_is_read() {
+        let owned = [
+            node("busy", 1, 0),
+            node("fresh", 0, 95 * MIN),
+            node("stale", 0, 80 * MIN),
+        ];
+        let hold = Extra {
+            hold_all: true,
+            ..Extra::default()
+        };
+        let p = plan_with(&input(&[], &owned), &hold).unwrap();
+        assert_eq!(p.needed, ["busy", "fresh", "stale"]);
+        assert!(p.remove.is_empty());
+        assert_eq!(p.create, 0);
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 5,
+                ..input(&[], &owned)
+            },
+            &hold,
+        )
+        .unwrap();
+        assert_eq!((p.create, p.remove.len()), (2, 0));
+    }
+
+    fn cost(gpus: Option<u32>, price: Option<f64>) -> UnitCost {
+        UnitCost {
+            gpus,
+            hourly_price: price,
+        }
+    }
+
+    #[test]
+    fn deleting_units_count_against_every_limit() {
+        let owned = [node("a", 1, 100 * MIN)];
+        let extra = Extra {
+            deleting: vec![cost(Some(1), Some(1.0)); 2],
+            ..Extra::default()
+        };
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 5,
+                limits: Limits {
+                    max_nodes: 3,
+                    max_gpus: 10,
+                    max_hourly_cost: None,
+                },
+                ..input(&[], &owned)
+            },
+            &extra,
+        )
+        .unwrap();
+        assert_eq!((p.create, p.limited_by), (0, Some(Limit::Nodes)));
+        assert_eq!(p.usage.nodes, 3);
+    }
+
+    #[test]
+    fn several_allowed_types_count_the_worst_case_of_what_may_launch() {
+        // Plans count pods in g5.xlarge nodes; the fleet may launch a 4-GPU type instead.
+        let extra = Extra {
+            new_unit: Some(cost(Some(4), Some(5.672))),
+            ..Extra::default()
+        };
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 8,
+                limits: Limits {
+                    max_nodes: 10,
+                    max_gpus: 8,
+                    max_hourly_cost: None,
+                },
+                ..input(&[], &[])
+            },
+            &extra,
+        )
+        .unwrap();
+        assert_eq!((p.create, p.limited_by), (2, Some(Limit::Gpus)));
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 8,
+                limits: Limits {
+                    max_nodes: 10,
+                    max_gpus: 100,
+                    max_hourly_cost: Some(12.0),
+                },
+                ..input(&[], &[])
+            },
+            &extra,
+        )
+        .unwrap();
+        assert_eq!((p.create, p.limited_by), (2, Some(Limit::HourlyCost)));
+        // A unit whose type is known counts as that type.
+        let owned = [node("a", 0, 100 * MIN)];
+        let extra = Extra {
+            owned_costs: vec![cost(Some(1), Some(1.0))],
+            ..extra
+        };
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 8,
+                limits: Limits {
+                    max_nodes: 10,
+                    max_gpus: 9,
+                    max_hourly_cost: None,
+                },
+                ..input(&[], &owned)
+            },
+            &extra,
+        )
+        .unwrap();
+        assert_eq!(p.create, 2);
+        assert_eq!(p.usage.gpus, 9);
+    }
+
+    #[test]
+    fn units_of_unknown_size_are_created_one_at_a_time_under_a_gpu_limit() {
+        let unknown = Extra {
+            new_unit: Some(cost(None, Some(0.0))),
+            ..Extra::default()
+        };
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 4,
+                ..input(&[], &[])
+            },
+            &unknown,
+        )
+        .unwrap();
+        assert_eq!(p.create, 1);
+        let owned = [node("a", 0, 100 * MIN)];
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 4,
+                ..input(&[], &owned)
+            },
+            &unknown,
+        )
+        .unwrap();
+        assert_eq!((p.create, p.limited_by), (0, Some(Limit::Gpus)));
+        // Once the unit's GPUs are known (Karpenter launched it), the rest follows.
+        let known = Extra {
+            owned_costs: vec![cost(Some(1), Some(0.0))],
+            ..unknown
+        };
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 4,
+                ..input(&[], &owned)
+            },
+            &known,
+        )
+        .unwrap();
+        assert_eq!(p.create, 1);
+    }
+
+    #[test]
+    fn a_cost_limit_with_unknown_prices_creates_nothing() {
+        let extra = Extra {
+            new_unit: Some(cost(Some(1), None)),
+            ..Extra::default()
+        };
+        let limits = Limits {
+            max_nodes: 10,
+            max_gpus: 10,
+            max_hourly_cost: Some(100.0),
+        };
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 4,
+                limits,
+                ..input(&[], &[])
+            },
+            &extra,
+        )
+        .unwrap();
+        assert_eq!((p.create, p.limited_by), (0, Some(Limit::HourlyCost)));
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 4,
+                ..input(&[], &[])
+            },
+            &extra,
+        )
+        .unwrap();
+        assert_eq!(p.create, 4, "no cost limit: unknown prices do not matter");
+    }
+
+    #[test]
+    fn caps_across_policies_count_what_the_others_hold() {
+        let extra = Extra {
+            cluster: Caps {
+                max_nodes: Some(10),
+                max_gpus: Some(100),
+                max_hourly_cost: None,
+            },
+            others: Usage {
+                nodes: 9,
+                gpus: 9,
+                ..Usage::default()
+            },
+            ..Extra::default()
+        };
+        let p = plan_with(
+            &PlanInput {
+                desired_now: 5,
+                ..input(&[], &[])
+            },
+            &extra,
+        )
+        .unwrap();
+        assert_eq!((p.create, p.limited_by), (1, Some(Limit::TotalNodes)));
+        assert!(Limit::TotalNodes.is_cluster_wide());
+        assert_eq!(p.usage.nodes, 1);
+    }
+
+    #[test]
     fn a_pod_that_fits_no_node_is_an_error() {
         let e = plan(&PlanInput {
             shape: PodShape { gpus: 2, ..POD },
@@ -417,6 +871,14 @@ mod properties {
                 })
                 .collect()
         })
+    }
+
+    fn unit_cost() -> impl Strategy<Value = UnitCost> {
+        (
+            proptest::option::of(0u32..9),
+            proptest::option::of(prop_oneof![Just(0.0), 0.01f64..10.0]),
+        )
+            .prop_map(|(gpus, hourly_price)| UnitCost { gpus, hourly_price })
     }
 
     proptest! {
@@ -478,6 +940,145 @@ mod properties {
                 prop_assert!(p.planned_nodes >= need);
                 prop_assert!(owned.len() as u32 + p.create >= need);
             }
+        }
+
+        #[test]
+        fn limits_and_caps_hold_counting_deleting_units_and_the_worst_case(
+            desired_now in 0u32..100,
+            owned in owned_nodes(),
+            owned_costs in proptest::collection::vec(unit_cost(), 0..12),
+            deleting in proptest::collection::vec(unit_cost(), 0..6),
+            new_unit in proptest::option::of(unit_cost()),
+            node_gpus in 1u32..9,
+            max_nodes in 0u32..20,
+            max_gpus in 0u32..64,
+            max_cost in proptest::option::of(0.0f64..50.0),
+            caps in (proptest::option::of(0u32..30), proptest::option::of(0u32..80), proptest::option::of(0.0f64..80.0)),
+            others in (0u64..20, 0u64..40, 0.0f64..40.0, any::<bool>(), any::<bool>()),
+            hold_all in any::<bool>(),
+        ) {
+            let limits = Limits { max_nodes, max_gpus, max_hourly_cost: max_cost };
+            let cluster = Caps { max_nodes: caps.0, max_gpus: caps.1, max_hourly_cost: caps.2 };
+            let others = Usage { nodes: others.0, gpus: others.1, hourly_cost: others.2, unknown_gpus: others.3, unknown_cost: others.4 };
+            let input = PlanInput {
+                now: 1_000_000,
+                desired_now,
+                forecast: &[],
+                lead_time: 0,
+                shape: PodShape { gpus: 1, cpu: 1.0, memory: 1e9 },
+                node: NodeType { gpus: node_gpus, cpu: 8.0, memory: 32e9, hourly_price: 1.0 },
+                placed_elsewhere: 0,
+                owned: &owned,
+                limits,
+                min_warm_gpus: 0,
+                scale_down_after: 0,
+            };
+            let extra = Extra { hold_all, owned_costs: owned_costs.clone(), deleting: deleting.clone(), new_unit, cluster, others };
+            let p = plan_with(&input, &extra).unwrap();
+            let new_unit = new_unit.unwrap_or(UnitCost { gpus: Some(node_gpus), hourly_price: Some(1.0) });
+            // What is held after the plan: every owned unit (removed ones are deleting, and
+            // still held), every deleting one, and what is created.
+            let mut held: Vec<UnitCost> = (0..owned.len()).map(|i| owned_costs.get(i).copied().unwrap_or(new_unit)).collect();
+            held.extend(deleting.iter().copied());
+            let before = held.clone();
+            held.extend(std::iter::repeat_n(new_unit, p.create as usize));
+            let check = |units: &[UnitCost], others: Usage, nodes: Option<u32>, gpus: Option<u32>, cost: Option<f64>| -> Result<(), TestCaseError> {
+                if let Some(max) = nodes {
+                    prop_assert!(units.len() as u64 + others.nodes <= u64::from(max));
+                }
+                if let Some(max) = gpus {
+                    let known: Option<u64> = units.iter().map(|u| u.gpus.map(u64::from)).sum();
+                    let unknown_new = new_unit.gpus.is_none();
+                    if unknown_new {
+                        // Created one at a time, and only while no other unit's size is unknown.
+                        prop_assert!(p.create <= 1);
+                        prop_assert!(before.iter().all(|u| u.gpus.is_some()) && !others.unknown_gpus);
+                    } else if new_unit.gpus != Some(0) {
+                        prop_assert!(!others.unknown_gpus && before.iter().all(|u| u.gpus.is_some()));
+                        prop_assert!(known.unwrap_or(u64::MAX) + others.gpus <= u64::from(max));
+                    }
+                }
+                if let Some(max) = cost {
+                    if new_unit.hourly_price.is_some_and(|p| p > 0.0) {
+                        let known: Option<f64> = units.iter().map(|u| u.hourly_price.map(|p| p.max(0.0))).sum();
+                        prop_assert!(!others.unknown_cost);
+                        prop_assert!(known.unwrap_or(f64::INFINITY) + others.hourly_cost <= max.max(0.0) + 1e-9);
+                    } else {
+                        prop_assert!(new_unit.hourly_price.is_some());
+                    }
+                }
+                Ok(())
+            };
+            if p.create > 0 {
+                check(&held, Usage::default(), Some(max_nodes), Some(max_gpus), max_cost)?;
+                check(&held, others, cluster.max_nodes, cluster.max_gpus, cluster.max_hourly_cost)?;
+            }
+            prop_assert_eq!(p.usage.nodes, held.len() as u64);
+            prop_assert!(p.planned_nodes <= p.wanted_nodes);
+            if hold_all {
+                prop_assert!(p.remove.is_empty());
+            }
+        }
+
+        #[test]
+        fn unreadable_demand_never_removes_or_releases_and_adds_within_limits(
+            desired_now in 0u32..50,
+            owned in owned_nodes(),
+            max_nodes in 0u32..20,
+            scale_down_after in 0i64..1_000_000,
+        ) {
+            let input = PlanInput {
+                now: 1_000_000,
+                desired_now,
+                forecast: &[],
+                lead_time: 0,
+                shape: PodShape { gpus: 1, cpu: 1.0, memory: 1e9 },
+                node: NodeType { gpus: 1, cpu: 8.0, memory: 32e9, hourly_price: 1.0 },
+                placed_elsewhere: 0,
+                owned: &owned,
+                limits: Limits { max_nodes, max_gpus: 100, max_hourly_cost: None },
+                min_warm_gpus: 0,
+                scale_down_after,
+            };
+            let p = plan_with(&input, &Extra { hold_all: true, ..Extra::default() }).unwrap();
+            prop_assert!(p.remove.is_empty());
+            prop_assert_eq!(p.needed.len(), owned.len());
+            prop_assert_eq!(p.create, plan(&input).unwrap().create);
+        }
+
+        #[test]
+        fn no_input_makes_the_planner_panic(
+            now in any::<i64>(),
+            desired_now in any::<u32>(),
+            forecast in proptest::collection::vec((any::<i64>(), any::<u32>()), 0..4),
+            lead_time in any::<i64>(),
+            pod in (any::<u32>(), any::<f64>(), any::<f64>()),
+            node in (any::<u32>(), any::<f64>(), any::<f64>(), any::<f64>()),
+            placed_elsewhere in any::<u32>(),
+            owned in proptest::collection::vec((any::<bool>(), any::<u32>(), any::<i64>()), 0..4),
+            limits in (any::<u32>(), any::<u32>(), proptest::option::of(any::<f64>())),
+            min_warm_gpus in any::<u32>(),
+            scale_down_after in any::<i64>(),
+        ) {
+            let forecast: Vec<Want> = forecast.into_iter().map(|(at, replicas)| Want { at, replicas }).collect();
+            let owned: Vec<OwnedNode> = owned
+                .into_iter()
+                .enumerate()
+                .map(|(i, (ready, busy_pods, last_needed))| OwnedNode { id: format!("n{i}"), ready, busy_pods, last_needed })
+                .collect();
+            let _ = plan(&PlanInput {
+                now,
+                desired_now,
+                forecast: &forecast,
+                lead_time,
+                shape: PodShape { gpus: pod.0, cpu: pod.1, memory: pod.2 },
+                node: NodeType { gpus: node.0, cpu: node.1, memory: node.2, hourly_price: node.3 },
+                placed_elsewhere,
+                owned: &owned,
+                limits: Limits { max_nodes: limits.0, max_gpus: limits.1, max_hourly_cost: limits.2 },
+                min_warm_gpus,
+                scale_down_after,
+            });
         }
 
         #[test]

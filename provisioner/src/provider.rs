@@ -21,9 +21,12 @@
 //!    capacity, e.g. the `headroom.dev/last-needed` annotation or tag, so a restart keeps the
 //!    clock) and, where the platform has such a thing, they are protected from disruption
 //!    (`karpenter.sh/do-not-disrupt`). `release` lifts that protection without removing anything.
-//! 5. **`remove` removes only the named units**, each of which the controller has checked is
+//! 5. **`holdings` shows what the limits count**: the units `list` returns, those being
+//!    deleted (still held until gone) and those asked for but not made yet, so a limit holds
+//!    while capacity drains or a controller lags.
+//! 6. **`remove` removes only the named units**, each of which the controller has checked is
 //!    idle; removing a unit already gone is success.
-//! 6. **Errors say what is wrong and whether to retry**: see [`ProviderError`]. A provider never
+//! 7. **Errors say what is wrong and whether to retry**: see [`ProviderError`]. A provider never
 //!    answers an error as "nothing exists".
 //!
 //! Times are milliseconds since the Unix epoch, passed in by the caller: providers read no clock
@@ -72,6 +75,23 @@ pub struct Unit {
     pub last_needed: Millis,
     /// Per hour, in the instance types' currency; 0 when unknown.
     pub hourly_price: f64,
+    /// GPUs of the unit, when the platform reported them (a launched NodeClaim's capacity);
+    /// otherwise the controller counts its instance type's, or the worst case.
+    pub gpus: Option<u32>,
+}
+
+/// Everything a provider holds for a policy, as the limits count it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Holdings {
+    /// The units that are capacity: what [`CapacityProvider::list`] returns.
+    pub units: Vec<Unit>,
+    /// Units being removed (a NodeClaim or pod with a deletion timestamp, an instance shutting
+    /// down or stopping): capacity no more, but held — and paid for — until gone, so they count
+    /// against the limits. The controller never acts on them.
+    pub deleting: Vec<Unit>,
+    /// Units asked for that exist as no object yet (a placeholder Deployment's `spec.replicas`
+    /// beyond its pods while the ReplicaSet catches up): counted as in flight.
+    pub unmaterialised: u32,
 }
 
 /// What to create.
@@ -160,6 +180,15 @@ pub trait CapacityProvider: Send + Sync {
 
     /// Everything this provider holds for `policy`, found by its owner mark.
     async fn list(&self, policy: &PolicyRef) -> Result<Vec<Unit>, ProviderError>;
+
+    /// [`list`](Self::list), plus what is being deleted and what is asked for but not made
+    /// yet: what the limits count. The same owner mark; default: `list` alone.
+    async fn holdings(&self, policy: &PolicyRef) -> Result<Holdings, ProviderError> {
+        Ok(Holdings {
+            units: self.list(policy).await?,
+            ..Holdings::default()
+        })
+    }
 
     /// Create up to `request.count` units; returns those created.
     async fn create(

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use headroom_common::parse_duration;
 
 use crate::controller::{self, Settings};
-use crate::leader::{self, LeaseConfig};
+use crate::demand::DemandTls;
+use crate::leader::{self, Leadership, LeaseConfig};
+use crate::plan::Caps;
 
 /// Flags of `headroom-provisioner serve`. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,6 +54,28 @@ pub struct ServeArgs {
     /// How long shutdown waits for reconciles in progress after SIGTERM.
     #[arg(long, env = "HEADROOM_SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
+    /// Most nodes all policies together hold (ready, in flight and deleting); no cap when
+    /// unset.
+    #[arg(long, env = "HEADROOM_MAX_TOTAL_NODES")]
+    pub max_total_nodes: Option<u32>,
+    /// Most GPUs all policies together hold (a unit of unknown type counts as the most GPUs
+    /// it may have); no cap when unset.
+    #[arg(long, env = "HEADROOM_MAX_TOTAL_GPUS")]
+    pub max_total_gpus: Option<u32>,
+    /// Most cost per hour of what all policies together hold (the instance types'
+    /// `hourlyPrice`; unpriced capacity cannot be created under it); no cap when unset.
+    #[arg(long, env = "HEADROOM_MAX_TOTAL_HOURLY_COST")]
+    pub max_total_hourly_cost: Option<f64>,
+    /// PEM CA bundle that an `https://` demandAddress's certificate must chain to (the only
+    /// trust: no system roots); `https://` addresses are refused without it.
+    #[arg(long, env = "HEADROOM_DEMAND_CA_FILE")]
+    pub demand_ca_file: Option<String>,
+    /// PEM client certificate for scalers that require one (mTLS); with --demand-key-file.
+    #[arg(long, env = "HEADROOM_DEMAND_CERT_FILE", requires = "demand_key_file")]
+    pub demand_cert_file: Option<String>,
+    /// PEM private key of --demand-cert-file.
+    #[arg(long, env = "HEADROOM_DEMAND_KEY_FILE", requires = "demand_cert_file")]
+    pub demand_key_file: Option<String>,
 }
 
 /// Validated configuration.
@@ -63,6 +87,10 @@ pub struct Config {
     pub resync: Duration,
     pub watch_namespace: Option<String>,
     pub shutdown_grace: Duration,
+    /// Caps across every policy.
+    pub caps: Caps,
+    /// TLS of the Demand client, for `https://` addresses.
+    pub demand_tls: Option<DemandTls>,
 }
 
 impl Config {
@@ -80,6 +108,8 @@ impl Config {
             resync: Duration::from_secs(2),
             watch_namespace: None,
             shutdown_grace: Duration::from_secs(5),
+            caps: Caps::default(),
+            demand_tls: None,
         }
     }
 }
@@ -132,6 +162,33 @@ impl ServeArgs {
                 errors.push(format!("--{flag} must not be empty"));
             }
         }
+        if let Some(cost) = self.max_total_hourly_cost
+            && !(cost.is_finite() && cost >= 0.0)
+        {
+            errors.push(format!(
+                "--max-total-hourly-cost: {cost} is not a cost of 0 or more"
+            ));
+        }
+        let mut read = |flag: &str, path: &Option<String>| -> Option<Vec<u8>> {
+            let path = path.as_deref()?;
+            match std::fs::read(path) {
+                Ok(b) if !b.is_empty() => Some(b),
+                Ok(_) => {
+                    errors.push(format!("--{flag}: {path} is empty"));
+                    None
+                }
+                Err(e) => {
+                    errors.push(format!("--{flag}: cannot read {path}: {e}"));
+                    None
+                }
+            }
+        };
+        let ca = read("demand-ca-file", &self.demand_ca_file);
+        let cert = read("demand-cert-file", &self.demand_cert_file);
+        let key = read("demand-key-file", &self.demand_key_file);
+        if ca.is_none() && self.demand_ca_file.is_none() && self.demand_cert_file.is_some() {
+            errors.push("--demand-cert-file needs --demand-ca-file".into());
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -151,6 +208,15 @@ impl ServeArgs {
             resync,
             watch_namespace: self.watch_namespace.clone().filter(|s| !s.is_empty()),
             shutdown_grace,
+            caps: Caps {
+                max_nodes: self.max_total_nodes,
+                max_gpus: self.max_total_gpus,
+                max_hourly_cost: self.max_total_hourly_cost,
+            },
+            demand_tls: ca.map(|ca_pem| DemandTls {
+                ca_pem,
+                identity: cert.zip(key),
+            }),
         })
     }
 }
@@ -249,10 +315,12 @@ pub async fn start(
 
     let (lead_tx, lead_rx) = watch::channel(false);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let leadership = Leadership::default();
     let election = tokio::spawn(leader::run(
         client.clone(),
         config.lease.clone(),
         lead_tx,
+        leadership.clone(),
         shutdown.clone(),
         async move {
             let _ = stopped_rx.await;
@@ -267,6 +335,9 @@ pub async fn start(
             resync: config.resync,
             watch_namespace: config.watch_namespace.clone(),
             identity: config.lease.identity.clone(),
+            caps: config.caps,
+            leadership,
+            demand_tls: config.demand_tls.clone(),
         };
         let grace = config.shutdown_grace;
         let shutdown = shutdown.clone();
@@ -349,6 +420,12 @@ mod tests {
             resync_interval: "10s".into(),
             watch_namespace: None,
             shutdown_grace: "10s".into(),
+            max_total_nodes: None,
+            max_total_gpus: None,
+            max_total_hourly_cost: None,
+            demand_ca_file: None,
+            demand_cert_file: None,
+            demand_key_file: None,
         }
     }
 
@@ -361,19 +438,58 @@ mod tests {
     }
 
     #[test]
+    fn caps_across_policies_are_optional_flags() {
+        let c = args().validate().unwrap();
+        assert!(c.caps.is_empty());
+        let mut a = args();
+        a.max_total_nodes = Some(20);
+        a.max_total_gpus = Some(64);
+        a.max_total_hourly_cost = Some(120.5);
+        let c = a.validate().unwrap();
+        assert_eq!(
+            c.caps,
+            Caps {
+                max_nodes: Some(20),
+                max_gpus: Some(64),
+                max_hourly_cost: Some(120.5)
+            }
+        );
+    }
+
+    #[test]
+    fn a_demand_ca_file_gives_the_demand_client_tls() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/demand-tls");
+        let mut a = args();
+        assert!(a.validate().unwrap().demand_tls.is_none());
+        a.demand_ca_file = Some(format!("{dir}/ca.pem"));
+        let tls = a.validate().unwrap().demand_tls.unwrap();
+        assert!(tls.ca_pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        assert!(tls.identity.is_none());
+        a.demand_cert_file = Some(format!("{dir}/server.pem"));
+        a.demand_key_file = Some(format!("{dir}/server.key"));
+        let tls = a.validate().unwrap().demand_tls.unwrap();
+        assert!(tls.identity.is_some());
+        assert!(!format!("{tls:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
     fn every_bad_flag_is_reported_at_once() {
         let mut a = args();
         a.metrics_addr = "nope".into();
         a.lease_duration = "0s".into();
         a.resync_interval = "often".into();
         a.lease_name = String::new();
+        a.max_total_hourly_cost = Some(f64::NAN);
+        a.demand_ca_file = Some("/nonexistent/ca.pem".into());
         let errors = a.validate().unwrap_err();
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 6, "{errors:?}");
         for flag in [
             "--metrics-addr",
             "--lease-duration",
             "--resync-interval",
             "--lease-name",
+            "--max-total-hourly-cost",
+            "--demand-ca-file",
         ] {
             assert!(
                 errors.iter().any(|e| e.starts_with(flag)),

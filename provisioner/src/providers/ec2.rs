@@ -46,7 +46,7 @@ use aws_sdk_ec2::types::{
 use crate::crd::{Ec2Spec, InstanceType};
 use crate::karpenter::{LAST_NEEDED_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, POLICY_LABEL};
 use crate::plan::Millis;
-use crate::provider::{CapacityProvider, CreateRequest, PolicyRef, ProviderError, Unit};
+use crate::provider::{CapacityProvider, CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
 use crate::shape::{Shape, parse_quantity};
 
 /// The request token of the create that launched (or started) an instance, until `hold`.
@@ -313,6 +313,31 @@ impl CapacityProvider for Ec2Provider {
             .collect())
     }
 
+    /// Pending and running instances are units; shutting-down and stopping ones are deleting
+    /// (their nodes linger until the kubelet goes). One DescribeInstances for both.
+    async fn holdings(&self, policy: &PolicyRef) -> Result<Holdings, ProviderError> {
+        let states = [
+            InstanceStateName::Pending,
+            InstanceStateName::Running,
+            InstanceStateName::ShuttingDown,
+            InstanceStateName::Stopping,
+        ];
+        let instances = self.describe(policy, None, &states, None).await?;
+        let mut held = Holdings::default();
+        for i in &instances {
+            let Some(unit) = self.unit_of(i, 0) else {
+                continue;
+            };
+            match state_of(i) {
+                Some(InstanceStateName::Pending | InstanceStateName::Running) => {
+                    held.units.push(unit)
+                }
+                _ => held.deleting.push(unit),
+            }
+        }
+        Ok(held)
+    }
+
     async fn create(
         &self,
         policy: &PolicyRef,
@@ -436,6 +461,7 @@ impl CapacityProvider for Ec2Provider {
                     ready_at: None,
                     last_needed: request.now,
                     hourly_price: self.price_of(ty),
+                    gpus: None,
                 });
             }
             remaining = want.saturating_sub(units.len());
@@ -832,6 +858,8 @@ pub fn unit_of(
         ready_at: None,
         last_needed: tag_millis(instance, LAST_NEEDED_ANNOTATION).unwrap_or(created_at),
         hourly_price: price(&instance_type),
+        // Known from the type (the controller looks it up in spec.ec2.instanceTypes).
+        gpus: None,
         instance_type,
     })
 }

@@ -14,7 +14,8 @@
 //!   node is Ready, its startup taints are gone and every requested extended resource (the GPUs)
 //!   shows in its allocatable.
 //!
-//! NodeClaims being deleted are not listed: they are no longer capacity.
+//! NodeClaims being deleted are not listed as units (they are no longer capacity), but
+//! `holdings` returns them: their nodes drain, and are paid for, until gone.
 
 use async_trait::async_trait;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -26,9 +27,9 @@ use crate::karpenter::{
     DO_NOT_DISRUPT, INSTANCE_TYPE_LABEL, LAST_NEEDED_ANNOTATION, POLICY_LABEL, node_claim,
     policy_label, requirement_values,
 };
-use crate::plan::{Millis, NodeType};
-use crate::provider::{CapacityProvider, CreateRequest, PolicyRef, ProviderError, Unit};
-use crate::shape::{Shape, parse_quantity};
+use crate::plan::{Millis, NodeType, UnitCost};
+use crate::provider::{CapacityProvider, CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
+use crate::shape::{GPU_RESOURCE, Shape, parse_quantity};
 
 /// `namespace/name` of the owning policy, on every NodeClaim (the label may be a hash).
 pub const POLICY_REF_ANNOTATION: &str = "headroom.dev/policy-ref";
@@ -49,6 +50,36 @@ pub struct Choice {
     /// Values of the NodeClaims' `node.kubernetes.io/instance-type` requirement.
     pub instance_types: Vec<String>,
     pub node: NodeType,
+    /// What a NodeClaim created now counts against the limits: the chosen type's GPUs and
+    /// price, or, without `instanceTypes`, the most GPUs the NodePool's
+    /// [`GPU_COUNT_LABEL`] requirement allows (unknown without one) at an unknown price.
+    pub worst: UnitCost,
+}
+
+/// The well-known Karpenter (AWS) label of an instance type's GPU count.
+pub const GPU_COUNT_LABEL: &str = "karpenter.k8s.aws/instance-gpu-count";
+
+/// The most GPUs a node of `pool` may have, from its [`GPU_COUNT_LABEL`] requirements (`In`:
+/// the largest value; `Lt n`: n - 1); `None` when they do not bound it.
+pub fn gpu_count_bound(pool: &Value) -> Option<u32> {
+    let requirements = pool
+        .pointer("/spec/template/spec/requirements")?
+        .as_array()?;
+    requirements
+        .iter()
+        .filter(|r| r["key"] == GPU_COUNT_LABEL)
+        .filter_map(|r| {
+            let values = r["values"].as_array()?;
+            let numbers = values
+                .iter()
+                .filter_map(|v| v.as_str()?.trim().parse::<u32>().ok());
+            match r["operator"].as_str()? {
+                "In" => numbers.max(),
+                "Lt" => numbers.min()?.checked_sub(1),
+                _ => None,
+            }
+        })
+        .min()
 }
 
 /// Chooses the instance type for a policy (pure).
@@ -76,6 +107,10 @@ pub fn choose(spec: &KarpenterSpec, pool: &Value, shape: &Shape) -> Result<Choic
                 cpu: pod.cpu,
                 memory: pod.memory,
                 hourly_price: 0.0,
+            },
+            worst: UnitCost {
+                gpus: gpu_count_bound(pool).map(|g| g.max(pod.gpus)),
+                hourly_price: None,
             },
         });
     }
@@ -121,6 +156,10 @@ pub fn choose(spec: &KarpenterSpec, pool: &Value, shape: &Shape) -> Result<Choic
         Some((_, t, node)) => Ok(Choice {
             instance_types: vec![t.name.clone()],
             node,
+            worst: UnitCost {
+                gpus: Some(t.gpus),
+                hourly_price: t.hourly_price.filter(|p| *p > 0.0),
+            },
         }),
         None => Err(ProviderError::NoFit(format!(
             "no instance type of spec.karpenter.instanceTypes holds one pod ({} GPU(s), {} CPU, {} bytes of memory) in NodePool {}: {}",
@@ -214,6 +253,13 @@ pub fn to_unit(obj: &Value, prices: &[(String, f64)]) -> Unit {
         ready: initialized.is_some(),
         created_at,
         ready_at: initialized.and_then(|c| millis(&c["lastTransitionTime"])),
+        // Karpenter writes the launched instance's capacity (GPUs included) to the status.
+        gpus: obj
+            .pointer("/status/capacity")
+            .and_then(|c| c.get(GPU_RESOURCE))
+            .and_then(Value::as_str)
+            .and_then(parse_quantity)
+            .map(|g| g.max(0.0).min(f64::from(u32::MAX)) as u32),
         last_needed: meta["annotations"][LAST_NEEDED_ANNOTATION]
             .as_str()
             .and_then(|s| s.parse().ok())
@@ -299,6 +345,10 @@ impl CapacityProvider for KarpenterProvider {
     }
 
     async fn list(&self, policy: &PolicyRef) -> Result<Vec<Unit>, ProviderError> {
+        Ok(self.holdings(policy).await?.units)
+    }
+
+    async fn holdings(&self, policy: &PolicyRef) -> Result<Holdings, ProviderError> {
         let label = policy_label(&policy.namespace, &policy.name);
         let list = self
             .claims
@@ -306,13 +356,20 @@ impl CapacityProvider for KarpenterProvider {
             .await
             .map_err(|e| map_kube_error(e, "NodeClaim", "list"))?;
         let prices = self.prices();
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|c| c.metadata.deletion_timestamp.is_none())
-            .filter_map(|c| serde_json::to_value(c).ok())
-            .map(|v| to_unit(&v, &prices))
-            .collect())
+        let mut held = Holdings::default();
+        for c in list.items {
+            let deleting = c.metadata.deletion_timestamp.is_some();
+            let Ok(v) = serde_json::to_value(c) else {
+                continue;
+            };
+            let unit = to_unit(&v, &prices);
+            if deleting {
+                held.deleting.push(unit);
+            } else {
+                held.units.push(unit);
+            }
+        }
+        Ok(held)
     }
 
     async fn create(
@@ -509,6 +566,47 @@ mod tests {
             e.to_string().contains("spec.karpenter.instanceTypes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn without_instance_types_a_node_counts_the_most_gpus_the_pool_allows() {
+        let c = choose(&spec(vec![]), &pool(&["g5.xlarge"]), &shape(1)).unwrap();
+        assert_eq!(
+            c.worst,
+            UnitCost::default(),
+            "unknown: no bound in the pool"
+        );
+        let mut p = pool(&["g5.xlarge", "g5.12xlarge"]);
+        p["spec"]["template"]["spec"]["requirements"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": GPU_COUNT_LABEL, "operator": "In", "values": ["1", "4"]}));
+        let c = choose(&spec(vec![]), &p, &shape(1)).unwrap();
+        assert_eq!((c.worst.gpus, c.worst.hourly_price), (Some(4), None));
+        let lt = json!({"spec": {"template": {"spec": {"requirements": [
+            {"key": GPU_COUNT_LABEL, "operator": "Lt", "values": ["3"]},
+            {"key": GPU_COUNT_LABEL, "operator": "Gt", "values": ["0"]},
+        ]}}}});
+        assert_eq!(gpu_count_bound(&lt), Some(2));
+        // With instanceTypes the chosen type is exact.
+        let c = choose(
+            &spec(vec![it("g5.xlarge", 1, Some(1.006))]),
+            &pool(&["g5.xlarge"]),
+            &shape(1),
+        )
+        .unwrap();
+        assert_eq!((c.worst.gpus, c.worst.hourly_price), (Some(1), Some(1.006)));
+    }
+
+    #[test]
+    fn a_launched_node_claim_reports_its_gpus() {
+        let claim = json!({
+            "metadata": {"name": "c", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"capacity": {GPU_RESOURCE: "4", "cpu": "48"}},
+        });
+        assert_eq!(to_unit(&claim, &[]).gpus, Some(4));
+        let pending = json!({"metadata": {"name": "c"}});
+        assert_eq!(to_unit(&pending, &[]).gpus, None);
     }
 
     #[test]

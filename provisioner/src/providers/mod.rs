@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use crate::crd::{CapacityMode, PrewarmPolicy};
+use crate::crd::{CapacityMode, InstanceType, PrewarmPolicy};
 use crate::metrics;
-use crate::plan::{Millis, NodeType};
-use crate::provider::{CapacityProvider, CreateRequest, PolicyRef, ProviderError, Unit};
+use crate::plan::{Millis, NodeType, UnitCost};
+use crate::provider::{CapacityProvider, CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
 use crate::shape::Shape;
 
 /// Why a policy has no provider.
@@ -55,6 +55,29 @@ pub struct Built {
     /// are placeholder pods (overprovision), which workload pods never run "on" — they preempt
     /// them instead.
     pub units_are_nodes: bool,
+    /// What a unit created now counts against the limits: with several types it may be, the
+    /// worst case (most GPUs, highest price; unknown when any is unpriced).
+    pub worst: UnitCost,
+    /// The instance types the policy lists, to count a unit whose type is known as that type.
+    pub catalog: Vec<InstanceType>,
+}
+
+impl Built {
+    /// What `unit` counts against the limits: its reported GPUs, or its type's from the
+    /// catalog, or the worst case; its price, or its type's, or the worst case.
+    pub fn cost_of(&self, unit: &Unit) -> UnitCost {
+        let known = self
+            .catalog
+            .iter()
+            .find(|t| !unit.instance_type.is_empty() && t.name == unit.instance_type);
+        UnitCost {
+            gpus: unit.gpus.or(known.map(|t| t.gpus)).or(self.worst.gpus),
+            hourly_price: Some(unit.hourly_price)
+                .filter(|p| *p > 0.0)
+                .or(known.and_then(|t| t.hourly_price).filter(|p| *p > 0.0))
+                .or(self.worst.hourly_price),
+        }
+    }
 }
 
 impl std::fmt::Debug for Built {
@@ -81,13 +104,15 @@ pub async fn for_policy(
                 .karpenter
                 .clone()
                 .ok_or(ForPolicyError::MissingParameters("karpenter"))?;
-            let mut p = karpenter::KarpenterProvider::new(client.clone(), spec);
+            let mut p = karpenter::KarpenterProvider::new(client.clone(), spec.clone());
             let choice = p.resolve(shape).await?;
             Ok(Built {
                 provider: Box::new(Timed(Box::new(p))),
                 node: choice.node,
                 instance_types: choice.instance_types,
                 units_are_nodes: true,
+                worst: choice.worst,
+                catalog: spec.instance_types,
             })
         }
         CapacityMode::Overprovision => {
@@ -109,6 +134,12 @@ pub async fn for_policy(
                 },
                 instance_types: vec!["placeholder-pod".into()],
                 units_are_nodes: false,
+                // A placeholder holds exactly one pod's room and costs nothing itself.
+                worst: UnitCost {
+                    gpus: Some(pod.gpus),
+                    hourly_price: Some(0.0),
+                },
+                catalog: Vec::new(),
             })
         }
         CapacityMode::Ec2 => {
@@ -128,14 +159,30 @@ pub async fn for_policy(
                 hourly_price: preferred.hourly_price.unwrap_or(0.0).max(0.0),
             };
             let instance_types = types.iter().map(|t| t.name.clone()).collect();
+            let worst = worst_of(&types);
             let provider = ec2::Ec2Provider::new(spec).await?;
             Ok(Built {
                 provider: Box::new(Timed(Box::new(provider))),
                 node,
                 instance_types,
                 units_are_nodes: true,
+                worst,
+                catalog: spec.instance_types.clone(),
             })
         }
+    }
+}
+
+/// The worst case of `types` for the limits: the most GPUs and the highest price (unknown if
+/// any type has none), as a fleet may launch any of them.
+pub fn worst_of(types: &[&InstanceType]) -> UnitCost {
+    let prices: Option<Vec<f64>> = types
+        .iter()
+        .map(|t| t.hourly_price.filter(|p| *p > 0.0))
+        .collect();
+    UnitCost {
+        gpus: types.iter().map(|t| t.gpus).max(),
+        hourly_price: prices.and_then(|p| p.into_iter().reduce(f64::max)),
     }
 }
 
@@ -196,6 +243,13 @@ impl CapacityProvider for Timed {
         r
     }
 
+    async fn holdings(&self, policy: &PolicyRef) -> Result<Holdings, ProviderError> {
+        let start = Instant::now();
+        let r = self.0.holdings(policy).await;
+        self.record("list", start, &r);
+        r
+    }
+
     async fn create(
         &self,
         policy: &PolicyRef,
@@ -231,5 +285,96 @@ impl CapacityProvider for Timed {
         let r = self.0.remove(policy, ids).await;
         self.record("remove", start, &r);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn it(name: &str, gpus: u32, price: Option<f64>) -> InstanceType {
+        InstanceType {
+            name: name.into(),
+            gpus,
+            cpu: "7".into(),
+            memory: "30Gi".into(),
+            hourly_price: price,
+        }
+    }
+
+    #[test]
+    fn a_fleet_of_several_types_counts_the_most_gpus_and_the_highest_price() {
+        let (a, b) = (
+            it("g5.xlarge", 1, Some(1.006)),
+            it("g5.12xlarge", 4, Some(5.672)),
+        );
+        let w = worst_of(&[&a, &b]);
+        assert_eq!((w.gpus, w.hourly_price), (Some(4), Some(5.672)));
+        let unpriced = it("g4dn.xlarge", 1, None);
+        assert_eq!(worst_of(&[&a, &unpriced]).hourly_price, None);
+    }
+
+    #[test]
+    fn a_unit_of_a_known_type_counts_as_that_type_and_others_as_the_worst_case() {
+        let (a, b) = (
+            it("g5.xlarge", 1, Some(1.006)),
+            it("g5.12xlarge", 4, Some(5.672)),
+        );
+        let built = Built {
+            provider: Box::new(Timed(Box::new(NoProvider))),
+            node: NodeType {
+                gpus: 1,
+                cpu: 4.0,
+                memory: 16e9,
+                hourly_price: 1.006,
+            },
+            instance_types: vec![],
+            units_are_nodes: true,
+            worst: worst_of(&[&a, &b]),
+            catalog: vec![a.clone(), b.clone()],
+        };
+        let unit = |ty: &str| Unit {
+            id: "u".into(),
+            node_name: None,
+            instance_type: ty.into(),
+            ready: false,
+            created_at: 0,
+            ready_at: None,
+            last_needed: 0,
+            hourly_price: 0.0,
+            gpus: None,
+        };
+        let known = built.cost_of(&unit("g5.xlarge"));
+        assert_eq!((known.gpus, known.hourly_price), (Some(1), Some(1.006)));
+        let unknown = built.cost_of(&unit(""));
+        assert_eq!((unknown.gpus, unknown.hourly_price), (Some(4), Some(5.672)));
+    }
+
+    struct NoProvider;
+
+    #[async_trait]
+    impl CapacityProvider for NoProvider {
+        fn name(&self) -> &'static str {
+            "none"
+        }
+        async fn list(&self, _: &PolicyRef) -> Result<Vec<Unit>, ProviderError> {
+            Ok(Vec::new())
+        }
+        async fn create(
+            &self,
+            _: &PolicyRef,
+            _: &CreateRequest<'_>,
+        ) -> Result<Vec<Unit>, ProviderError> {
+            Ok(Vec::new())
+        }
+        async fn hold(&self, _: &PolicyRef, _: &[String], _: Millis) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn release(&self, _: &PolicyRef, _: &[String]) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn remove(&self, _: &PolicyRef, _: &[String]) -> Result<(), ProviderError> {
+            Ok(())
+        }
     }
 }

@@ -32,7 +32,7 @@ use crate::crd::OverprovisionSpec;
 use crate::karpenter::{LAST_NEEDED_ANNOTATION, POLICY_LABEL, policy_label};
 use crate::overprovision::{deployment, priority_class};
 use crate::plan::Millis;
-use crate::provider::{CapacityProvider, CreateRequest, PolicyRef, ProviderError, Unit};
+use crate::provider::{CapacityProvider, CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
 
 /// The last `create` token applied to a placeholder Deployment.
 pub const TOKEN_ANNOTATION: &str = "headroom.dev/create-token";
@@ -100,16 +100,22 @@ impl OverprovisionProvider {
 
     /// The placeholder pods of `policy` that are not being deleted.
     async fn placeholder_pods(&self, policy: &PolicyRef) -> Result<Vec<Pod>, ProviderError> {
+        Ok(self
+            .all_placeholder_pods(policy)
+            .await?
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect())
+    }
+
+    /// The placeholder pods of `policy`, those being deleted included.
+    async fn all_placeholder_pods(&self, policy: &PolicyRef) -> Result<Vec<Pod>, ProviderError> {
         let list = self
             .pods(policy)
             .list(&ListParams::default().labels(&Self::selector(policy)))
             .await
             .map_err(|e| api_error(e, "Pod", &policy.namespace))?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect())
+        Ok(list.items)
     }
 
     /// Creates the PriorityClass when missing (an existing one is used as it is).
@@ -244,6 +250,7 @@ fn unit_of(pod: &Pod) -> Unit {
         ready_at,
         last_needed,
         hourly_price: 0.0,
+        gpus: None,
     }
 }
 
@@ -285,6 +292,30 @@ impl CapacityProvider for OverprovisionProvider {
         Ok(units)
     }
 
+    /// The pods, those being deleted, and the Deployment's `spec.replicas` beyond its live
+    /// pods (the ReplicaSet has not made them yet): `create` adds to `spec.replicas`, so that
+    /// is what bounds the placeholders, not the pods listed.
+    async fn holdings(&self, policy: &PolicyRef) -> Result<Holdings, ProviderError> {
+        let name = deployment_name(policy);
+        let deployment = self
+            .deployments(policy)
+            .get_opt(&name)
+            .await
+            .map_err(|e| api_error(e, "Deployment", &name))?;
+        let pods = self.all_placeholder_pods(policy).await?;
+        let (deleting, live): (Vec<Pod>, Vec<Pod>) = pods
+            .into_iter()
+            .partition(|p| p.metadata.deletion_timestamp.is_some());
+        let mut units: Vec<Unit> = live.iter().map(unit_of).collect();
+        units.sort_by(|a, b| a.id.cmp(&b.id));
+        let replicas = deployment.as_ref().map_or(0, replicas_of);
+        Ok(Holdings {
+            unmaterialised: replicas.saturating_sub(u32::try_from(units.len()).unwrap_or(u32::MAX)),
+            units,
+            deleting: deleting.iter().map(unit_of).collect(),
+        })
+    }
+
     async fn create(
         &self,
         policy: &PolicyRef,
@@ -323,6 +354,7 @@ impl CapacityProvider for OverprovisionProvider {
                 ready_at: None,
                 last_needed: request.now,
                 hourly_price: 0.0,
+                gpus: Some(request.shape.gpus),
             })
             .collect())
     }
