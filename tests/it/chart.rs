@@ -204,12 +204,14 @@ fn the_all_options_render_holds_every_optional_object() {
         !default.contains("secrets"),
         "the default scaler gets no Secret access"
     );
-    for absent in [
-        "ServiceMonitor/",
-        "PrometheusRule/",
-        "NetworkPolicy/",
-        "ConfigMap/",
-    ] {
+    // On by default: the scaler answers whoever reaches its port.
+    assert!(
+        default_objects
+            .iter()
+            .any(|o| o == "NetworkPolicy/headroom-scaler"),
+        "{default_objects:?}"
+    );
+    for absent in ["ServiceMonitor/", "PrometheusRule/", "ConfigMap/"] {
         assert!(
             !default_objects.iter().any(|o| o.starts_with(absent)),
             "{absent} is optional: {default_objects:?}"
@@ -496,7 +498,7 @@ fn helm_install_with_bad_values_fails_naming_the_value_and_installs_nothing() {
         (
             // Secret reads are granted per namespace, never cluster-wide.
             &["--set", "scaler.secretAccess.enabled=true"],
-            "scaler.secretAccess.namespaces",
+            "/scaler/secretAccess/namespaces",
         ),
         (
             &["--set", "scaler.allowedBackends={a b}"],
