@@ -12,6 +12,7 @@ counters (INFO cpu) and the client's clock:
 """
 import argparse
 import json
+import pathlib
 import subprocess
 import sys
 import tempfile
@@ -44,33 +45,15 @@ end
 return out
 """
 
-AFTER = r"""
-local first = redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. ARGV[1])
-local start = first + tonumber(ARGV[2])
-local tags = redis.call('ZRANGE', KEYS[2], start, start + tonumber(ARGV[3]) - 1)
-local counts = {}
-local bad = 0
-if #tags > 0 then
-  local values = redis.call('HMGET', KEYS[1], unpack(tags))
-  for j = 1, #tags do
-    local v = values[j]
-    if v then
-      local ok, entry = pcall(cjson.decode, v)
-      if ok and type(entry) == 'table' and type(entry[3]) == 'string' then
-        counts[entry[3]] = (counts[entry[3]] or 0) + 1
-      else
-        bad = bad + 1
-      end
-    end
-  end
-end
-local out = {#tags, bad}
-for k, n in pairs(counts) do
-  out[#out + 1] = k
-  out[#out + 1] = n
-end
-return out
-"""
+def shipped_script():
+    """The paged count exactly as the scaler ships it: read from scaler/src/sources/celery.rs."""
+    here = pathlib.Path(__file__).resolve().parents[2]
+    src = (here / "scaler/src/sources/celery.rs").read_text()
+    body = src.split("static CELERY_UNACKED_PAGE", 1)[1]
+    return body.split('r"', 1)[1].split('",', 1)[0]
+
+
+AFTER = shipped_script()
 
 
 def cpu(r):
