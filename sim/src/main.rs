@@ -98,6 +98,11 @@ struct RunArgs {
     pull_min: f64,
     #[arg(long, default_value_t = 360.0)]
     pull_max: f64,
+    /// A pre-pull DaemonSet on the GPU nodes: every node pulls the workload image at Ready, so
+    /// pause-pod and prewarmed nodes are image-warm (default: off; the first real pod on a node
+    /// pays the pull).
+    #[arg(long)]
+    prepull: bool,
     /// Container start + model load seconds.
     #[arg(long, default_value_t = 20.0)]
     pod_start: f64,
@@ -300,6 +305,7 @@ fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
     Ok(ClusterConfig {
         boot_seconds: (a.boot_min, a.boot_max),
         pull_seconds: (a.pull_min, a.pull_max),
+        prepull: a.prepull,
         pod_start_seconds: a.pod_start,
         gpus_per_node: a.gpus_per_node,
         consolidate_after_seconds: a.consolidate_after,
