@@ -1,9 +1,10 @@
 //! The simulation: a queue of jobs served by pods, pods scaled by a policy, on a virtual clock
 //! that advances one second per step.
 //!
-//! Jobs are a fluid: each second's arrivals join a FIFO queue as one cohort; free worker slots
-//! (ready pods × concurrency) take from the head, and each taken share records its wait and
-//! completes spread evenly over [0.5 S, 1.5 S]. That keeps millions of jobs cheap while waits
+//! Jobs are a fluid: each second's arrivals join a FIFO queue as one cohort with that second's
+//! service time S; free worker slots (ready pods × concurrency) take from the head, and each
+//! taken share records its wait and completes spread evenly over [0.5 S, 1.5 S] of its own
+//! cohort's S (not of the second it starts in). That keeps millions of jobs cheap while waits
 //! keep their real distribution of seconds.
 
 use std::collections::VecDeque;
@@ -153,7 +154,8 @@ pub struct RunResult {
 }
 
 struct Workload {
-    queue: VecDeque<(u64, f64)>,
+    /// Cohorts waiting: (arrival second, jobs, their mean service seconds).
+    queue: VecDeque<(u64, f64, f64)>,
     waiting: f64,
     in_service: f64,
     /// Completions by second, as a difference array over a ring.
@@ -190,7 +192,7 @@ impl Workload {
             self.in_service = 0.0;
         }
         if arrivals > 0.0 {
-            self.queue.push_back((sec, arrivals));
+            self.queue.push_back((sec, arrivals, service));
             self.waiting += arrivals;
             self.produced += arrivals;
         }
@@ -205,6 +207,14 @@ impl Workload {
             front.1 -= n;
             free -= n;
             started += n;
+            // Completions spread evenly over [0.5 S, 1.5 S] of this cohort's S (whole
+            // seconds, at least 1).
+            let s = front.2;
+            let lo = (0.5 * s).round().max(1.0) as usize;
+            let width = s.round().max(1.0) as usize;
+            let per = n / width as f64;
+            self.ring[(sec as usize + lo) % len] += per;
+            self.ring[(sec as usize + lo + width) % len] -= per;
             if front.1 <= 1e-9 {
                 self.queue.pop_front();
             }
@@ -212,12 +222,6 @@ impl Workload {
         if started > 0.0 {
             self.waiting = (self.waiting - started).max(0.0);
             self.in_service += started;
-            // Completions spread evenly over [0.5 S, 1.5 S] (whole seconds, at least 1).
-            let lo = (0.5 * service).round().max(1.0) as usize;
-            let width = service.round().max(1.0) as usize;
-            let per = started / width as f64;
-            self.ring[(sec as usize + lo) % len] += per;
-            self.ring[(sec as usize + lo + width) % len] -= per;
         }
     }
 
@@ -503,6 +507,27 @@ mod tests {
         // The first jobs wait for a node: minutes.
         assert!(r.waits.quantile(0.999) > 300.0);
         assert!(r.gpu_node_hours > 1.0);
+    }
+
+    #[test]
+    fn a_queued_cohort_is_served_with_its_own_service_time() {
+        // 10 jobs of 60 s arrive at 0 with no slot; at 100 slots open while the trace's
+        // service column says 5 s: they must still take 30-90 s each.
+        let mut w = Workload::new(60.0);
+        w.step(0, 10.0, 0.0, 60.0);
+        for sec in 1..100 {
+            w.step(sec, 0.0, 0.0, 5.0);
+        }
+        w.step(100, 0.0, 10.0, 5.0);
+        for sec in 101..129 {
+            w.step(sec, 0.0, 10.0, 5.0);
+        }
+        assert!(w.in_service > 9.99, "{}", w.in_service);
+        for sec in 129..200 {
+            w.step(sec, 0.0, 10.0, 5.0);
+        }
+        assert!(w.in_service < 1e-6, "{}", w.in_service);
+        assert!((w.waits.quantile(0.5) - 100.0).abs() < 1e-9);
     }
 
     #[test]
