@@ -10,6 +10,8 @@ pub struct Row {
     pub trace: String,
     pub policy: &'static str,
     pub jobs: f64,
+    /// Jobs still waiting when the trace ended (counted in the waits with wait = end − arrival).
+    pub unserved_jobs: f64,
     pub wait_p50_s: f64,
     pub wait_p95_s: f64,
     pub wait_p99_s: f64,
@@ -28,6 +30,7 @@ impl Row {
             trace: r.scenario.clone(),
             policy: r.policy.name(),
             jobs: r.waits.total(),
+            unserved_jobs: r.unserved,
             wait_p50_s: r.waits.quantile(0.50),
             wait_p95_s: r.waits.quantile(0.95),
             wait_p99_s: r.waits.quantile(0.99),
@@ -46,10 +49,11 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<17} {:>10} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}",
+        "{:<20} {:<17} {:>10} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}",
         "trace",
         "policy",
         "jobs",
+        "unserved",
         "p50 s",
         "p95 s",
         "p99 s",
@@ -66,10 +70,11 @@ pub fn table(rows: &[Row]) -> String {
         last = &r.trace;
         let _ = writeln!(
             out,
-            "{:<20} {:<17} {:>10.0} {:>7.0} {:>7.0} {:>7.0} {:>6.1}% {:>9.1} {:>9.2} {:>9.1}",
+            "{:<20} {:<17} {:>10.0} {:>8.0} {:>7.0} {:>7.0} {:>7.0} {:>6.1}% {:>9.1} {:>9.2} {:>9.1}",
             r.trace,
             r.policy,
             r.jobs,
+            r.unserved_jobs,
             r.wait_p50_s,
             r.wait_p95_s,
             r.wait_p99_s,
@@ -132,16 +137,17 @@ pub fn prewarm_effect(rows: &[Row]) -> String {
 
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "trace,policy,jobs,wait_p50_s,wait_p95_s,wait_p99_s,within_30s,gpu_node_hours,cost_usd,idle_gpu_hours,forecast_mape,naive_mape\n",
+        "trace,policy,jobs,unserved_jobs,wait_p50_s,wait_p95_s,wait_p99_s,within_30s,gpu_node_hours,cost_usd,idle_gpu_hours,forecast_mape,naive_mape\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{:.1},{},{},{},{:.4},{:.3},{:.3},{:.3},{},{}",
+            "{},{},{:.1},{:.1},{},{},{},{:.4},{:.3},{:.3},{:.3},{},{}",
             r.trace,
             r.policy,
             r.jobs,
+            r.unserved_jobs,
             r.wait_p50_s,
             r.wait_p95_s,
             r.wait_p99_s,
