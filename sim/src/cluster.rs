@@ -22,11 +22,15 @@ pub struct ClusterConfig {
     pub prepull: bool,
     /// Container start and model load on a node that has the image, seconds.
     pub pod_start_seconds: f64,
-    /// Karpenter's batching of pending pods before it launches, seconds.
-    pub launch_delay_seconds: f64,
+    /// Karpenter's provisioning batch window: after the first unschedulable pod it waits
+    /// until no new one has appeared for `batch_idle_seconds` (`BATCH_IDLE_DURATION`, 1 s), or
+    /// `batch_max_seconds` (`BATCH_MAX_DURATION`, 10 s) have passed, then launches for all.
+    pub batch_idle_seconds: f64,
+    pub batch_max_seconds: f64,
     pub gpus_per_node: u32,
-    /// An empty node is removed after this long (Karpenter `consolidateAfter`, plus its
-    /// reaction time).
+    /// An empty node Karpenter launched is removed after this long (the NodePool's
+    /// `consolidateAfter`, plus its reaction time); a policy may override it per run
+    /// (keda-tuned tunes it).
     pub consolidate_after_seconds: f64,
     /// $ per node-hour.
     pub on_demand_price: f64,
@@ -43,7 +47,8 @@ impl Default for ClusterConfig {
             pull_seconds: (240.0, 360.0),
             prepull: false,
             pod_start_seconds: 20.0,
-            launch_delay_seconds: 2.0,
+            batch_idle_seconds: 1.0,
+            batch_max_seconds: 10.0,
             gpus_per_node: 1,
             consolidate_after_seconds: 30.0,
             // Illustrative single-GPU (A10G-class) prices, $/hour.
@@ -58,7 +63,7 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     /// The longest time from a pod's creation to Ready on a new node.
     pub fn worst_pod_latency(&self) -> f64 {
-        self.launch_delay_seconds
+        self.batch_max_seconds
             + self.boot_seconds.1
             + self.pull_seconds.1
             + self.pod_start_seconds
@@ -121,7 +126,10 @@ pub struct Cluster {
     /// Placeholder (pause) pods wanted, and how many are bound.
     pause_wanted: u32,
     next_id: u64,
+    /// Karpenter's open batch: when it opened, and when the shortfall last grew.
     pending_since: Option<f64>,
+    last_growth: f64,
+    last_short: u32,
     pub node_seconds: f64,
     pub cost: f64,
     pub idle_gpu_seconds: f64,
@@ -139,6 +147,8 @@ impl Cluster {
             pause_wanted: 0,
             next_id: 0,
             pending_since: None,
+            last_growth: 0.0,
+            last_short: 0,
             node_seconds: 0.0,
             cost: 0.0,
             idle_gpu_seconds: 0.0,
@@ -295,7 +305,7 @@ impl Cluster {
             .uniform(self.cfg.pull_seconds.0, self.cfg.pull_seconds.1);
         let spot = self.rng.f64() < self.cfg.spot_share;
         self.next_id += 1;
-        let ready_at = now + self.cfg.launch_delay_seconds + boot;
+        let ready_at = now + boot;
         self.nodes.push(Node {
             id: self.next_id,
             ready_at,
@@ -422,14 +432,22 @@ impl Cluster {
         let short = pending.saturating_sub(booting_free);
         if short > 0 {
             let since = *self.pending_since.get_or_insert(now);
-            if now - since >= 0.0 {
+            if short > self.last_short || now == since {
+                self.last_growth = now;
+            }
+            self.last_short = short;
+            let idle = now - self.last_growth >= self.cfg.batch_idle_seconds;
+            let full = now - since >= self.cfg.batch_max_seconds;
+            if idle || full {
                 for _ in 0..short.div_ceil(g) {
                     self.launch(now, self.cfg.prepull);
                 }
                 self.pending_since = None;
+                self.last_short = 0;
             }
         } else {
             self.pending_since = None;
+            self.last_short = 0;
         }
         // Consolidation of empty ready nodes, except the provisioner's (held from disruption;
         // it removes them itself).
@@ -627,7 +645,8 @@ mod tests {
         let mut c = Cluster::new(ClusterConfig {
             boot_seconds: (100.0, 100.0),
             pull_seconds: (50.0, 50.0),
-            launch_delay_seconds: 0.0,
+            batch_idle_seconds: 0.0,
+            batch_max_seconds: 0.0,
             ..ClusterConfig::default()
         });
         c.scale_to(2);
@@ -654,7 +673,8 @@ mod tests {
         let mut c = Cluster::new(ClusterConfig {
             boot_seconds: (10.0, 10.0),
             pull_seconds: (0.0, 0.0),
-            launch_delay_seconds: 0.0,
+            batch_idle_seconds: 0.0,
+            batch_max_seconds: 0.0,
             ..ClusterConfig::default()
         });
         c.create_owned(0.0, 2, false);
@@ -682,7 +702,8 @@ mod tests {
     #[test]
     fn pods_karpenter_is_launching_for_count_as_placed_elsewhere() {
         let mut c = Cluster::new(ClusterConfig {
-            launch_delay_seconds: 0.0,
+            batch_idle_seconds: 0.0,
+            batch_max_seconds: 0.0,
             ..ClusterConfig::default()
         });
         c.scale_to(3);
@@ -697,7 +718,8 @@ mod tests {
         ClusterConfig {
             boot_seconds: (100.0, 100.0),
             pull_seconds: (300.0, 300.0),
-            launch_delay_seconds: 0.0,
+            batch_idle_seconds: 0.0,
+            batch_max_seconds: 0.0,
             prepull,
             ..ClusterConfig::default()
         }
@@ -767,5 +789,28 @@ mod tests {
         c.create_owned(0.0, 1, true);
         c.create_owned(0.0, 1, false);
         assert_eq!(c.image_warm_nodes(401.0), 1);
+    }
+
+    #[test]
+    fn karpenter_batches_pods_until_none_arrive_for_the_idle_window_or_the_max_passes() {
+        // Pods that keep arriving every second hold the batch open until the 10 s maximum.
+        let mut c = Cluster::new(ClusterConfig::default());
+        for t in 0..30 {
+            c.scale_to(t + 1);
+            c.step(f64::from(t), 0.0);
+            if c.nodes() > 0 {
+                assert_eq!(t, 10, "launched at {t}");
+                assert_eq!(c.nodes(), 11);
+                break;
+            }
+        }
+        assert!(c.nodes() > 0);
+        // One pod alone: launched once the 1 s idle window has passed.
+        let mut c = Cluster::new(ClusterConfig::default());
+        c.scale_to(1);
+        c.step(0.0, 0.0);
+        assert_eq!(c.nodes(), 0);
+        c.step(1.0, 0.0);
+        assert_eq!(c.nodes(), 1);
     }
 }
