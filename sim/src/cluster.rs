@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::rng::Rng;
+use crate::workload::{ArrivalModel, DEFAULT_SERVICE_CV, ServiceSpread};
 
 /// The cluster model's knobs (all have flags in the binary).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -37,6 +38,10 @@ pub struct ClusterConfig {
     pub spot_price: f64,
     /// Share of nodes launched as spot (interruptions are not modelled).
     pub spot_share: f64,
+    /// The workload's side of a run, here so that one seed drives all of it: where a bin's
+    /// jobs fall within it, and how service times spread around each bin's mean.
+    pub arrivals: ArrivalModel,
+    pub service_spread: ServiceSpread,
     pub seed: u64,
 }
 
@@ -55,6 +60,10 @@ impl Default for ClusterConfig {
             on_demand_price: 1.006,
             spot_price: 0.40,
             spot_share: 0.0,
+            arrivals: ArrivalModel::Poisson,
+            service_spread: ServiceSpread::Lognormal {
+                cv: DEFAULT_SERVICE_CV,
+            },
             seed: 1,
         }
     }

@@ -1,11 +1,12 @@
 //! The simulation: a queue of jobs served by pods, pods scaled by a policy, on a virtual clock
 //! that advances one second per step.
 //!
-//! Jobs are a fluid: each second's arrivals join a FIFO queue as one cohort with that second's
-//! service time S; free worker slots (ready pods × concurrency) take from the head, and each
-//! taken share records its wait and completes spread evenly over [0.5 S, 1.5 S] of its own
-//! cohort's S (not of the second it starts in). That keeps millions of jobs cheap while waits
-//! keep their real distribution of seconds.
+//! Jobs are a fluid: each second's arrivals (see [`crate::workload`]: Poisson within the trace's
+//! bins) join a FIFO queue as one cohort with that second's mean service time S; free worker
+//! slots (ready pods × concurrency) take from the head, and each taken share records its wait
+//! and completes at its own cohort's S times the spread's quantile points (lognormal by
+//! default), not at the S of the second it starts in. That keeps millions of jobs cheap while
+//! waits keep their real distribution of seconds.
 
 use std::collections::VecDeque;
 
@@ -17,6 +18,7 @@ use headroom_scaler::schedule::{Schedule, instant};
 use crate::cluster::{Cluster, ClusterConfig, Hpa, Keda};
 use crate::prewarm::{Prewarm, PrewarmSettings, PrewarmStats};
 use crate::trace::Trace;
+use crate::workload::arrivals_per_second;
 
 /// One trace with the workload's shape and what its users would declare.
 #[derive(Debug, Clone)]
@@ -143,6 +145,8 @@ pub struct RunResult {
     pub gpu_node_hours: f64,
     pub cost: f64,
     pub idle_gpu_hours: f64,
+    /// Jobs that arrived in this realisation of the trace.
+    pub arrived: f64,
     /// Jobs not done at the end (waiting or in service).
     pub left: f64,
     /// Jobs still waiting at the end, never started: counted in `waits` with wait = end −
@@ -161,22 +165,24 @@ struct Workload {
     queue: VecDeque<(u64, f64, f64)>,
     waiting: f64,
     in_service: f64,
-    /// Completions by second, as a difference array over a ring.
+    /// Completions by second, over a ring longer than the longest service time.
     ring: Vec<f64>,
-    rate_diff: f64,
+    /// Multipliers of S, each taking an equal share of a cohort.
+    spread: Vec<f64>,
     produced: f64,
     consumed: f64,
     waits: Waits,
 }
 
 impl Workload {
-    fn new(max_service: f64) -> Self {
+    fn new(max_service: f64, spread: Vec<f64>) -> Self {
+        let longest = spread.iter().copied().fold(1.0, f64::max) * max_service;
         Self {
             queue: VecDeque::new(),
             waiting: 0.0,
             in_service: 0.0,
-            ring: vec![0.0; (max_service * 2.0) as usize + 8],
-            rate_diff: 0.0,
+            ring: vec![0.0; longest.ceil() as usize + 8],
+            spread,
             produced: 0.0,
             consumed: 0.0,
             waits: Waits::default(),
@@ -186,9 +192,8 @@ impl Workload {
     fn step(&mut self, sec: u64, arrivals: f64, slots: f64, service: f64) {
         let len = self.ring.len();
         // Completions this second.
-        self.rate_diff += self.ring[sec as usize % len];
+        let done = self.ring[sec as usize % len].min(self.in_service);
         self.ring[sec as usize % len] = 0.0;
-        let done = self.rate_diff.max(0.0).min(self.in_service);
         self.in_service -= done;
         self.consumed += done;
         if self.in_service < 1e-9 {
@@ -210,14 +215,14 @@ impl Workload {
             front.1 -= n;
             free -= n;
             started += n;
-            // Completions spread evenly over [0.5 S, 1.5 S] of this cohort's S (whole
-            // seconds, at least 1).
+            // Completions at this cohort's S times each quantile point (whole seconds, at
+            // least 1).
             let s = front.2;
-            let lo = (0.5 * s).round().max(1.0) as usize;
-            let width = s.round().max(1.0) as usize;
-            let per = n / width as f64;
-            self.ring[(sec as usize + lo) % len] += per;
-            self.ring[(sec as usize + lo + width) % len] -= per;
+            let per = n / self.spread.len() as f64;
+            for m in &self.spread {
+                let d = (s * m).round().max(1.0) as usize;
+                self.ring[(sec as usize + d) % len] += per;
+            }
             if front.1 <= 1e-9 {
                 self.queue.pop_front();
             }
@@ -365,13 +370,14 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
     let max_service = tr.service.as_ref().map_or(sc.service_seconds, |s| {
         s.iter().copied().fold(sc.service_seconds, f64::max)
     });
-    let mut work = Workload::new(max_service);
+    let mut work = Workload::new(max_service, cl.service_spread.multipliers());
+    let arrivals_at = arrivals_per_second(tr, cl.arrivals, cl.seed);
     let sample_every = (n / 1500).max(1);
     let mut series = Vec::new();
     let mut sample_arrivals = 0.0;
     for sec in 0..n {
         let t = tr.start + sec as f64;
-        let arrivals = tr.rate_at(t);
+        let arrivals = arrivals_at.get(sec as usize).copied().unwrap_or(0.0);
         let service = tr.service_at(t).unwrap_or(sc.service_seconds);
         let slots = f64::from(cluster.ready_pods() * sc.concurrency);
         work.step(sec, arrivals, slots, service);
@@ -467,6 +473,7 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
         _ => (None, None),
     };
     let left = work.backlog();
+    let arrived = work.produced;
     let unserved = work.finish(n);
     RunResult {
         scenario: sc.name.clone(),
@@ -474,6 +481,7 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
         gpu_node_hours: cluster.node_seconds / 3600.0,
         cost: cluster.cost,
         idle_gpu_hours: cluster.idle_gpu_seconds / 3600.0,
+        arrived,
         left,
         unserved,
         waits: work.waits,
@@ -486,6 +494,7 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::ServiceSpread;
 
     fn steady(rate: f64, secs: usize) -> Scenario {
         Scenario {
@@ -514,10 +523,11 @@ mod tests {
     fn jobs_are_conserved_and_waits_are_recorded() {
         let sc = steady(0.5, 7200);
         let r = run(&sc, PolicyKind::KedaTuned, &ClusterConfig::default());
-        let arrived = 0.5 * 7200.0;
+        // Poisson: about 0.5 × 7200 arrive.
+        assert!((r.arrived - 3600.0).abs() < 300.0, "{}", r.arrived);
         // Every arrival is counted: served, or waiting at the end with wait = end − arrival.
         assert!(
-            (r.waits.total() - arrived).abs() < 1e-6 * arrived,
+            (r.waits.total() - r.arrived).abs() < 1e-6 * r.arrived,
             "{} {}",
             r.waits.total(),
             r.unserved
@@ -531,7 +541,7 @@ mod tests {
     fn a_queued_cohort_is_served_with_its_own_service_time() {
         // 10 jobs of 60 s arrive at 0 with no slot; at 100 slots open while the trace's
         // service column says 5 s: they must still take 30-90 s each.
-        let mut w = Workload::new(60.0);
+        let mut w = Workload::new(60.0, ServiceSpread::Uniform.multipliers());
         w.step(0, 10.0, 0.0, 60.0);
         for sec in 1..100 {
             w.step(sec, 0.0, 0.0, 5.0);

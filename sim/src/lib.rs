@@ -4,6 +4,7 @@
 //! teams use today and an oracle.
 //!
 //! - [`trace`]: the CSV formats and the replayed series;
+//! - [`workload`]: a trace as jobs: Poisson arrivals within bins, service-time spread;
 //! - [`generate`]: the shipped synthetic traces, from a seed;
 //! - [`scenarios`]: shipped and real traces with their workload shapes and declarations;
 //! - [`cluster`]: KEDA, the HPA, pods, nodes, consolidation, prices;
@@ -19,6 +20,7 @@ pub mod report;
 pub mod rng;
 pub mod scenarios;
 pub mod trace;
+pub mod workload;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -16,6 +16,7 @@ use headroom_sim::prewarm::PrewarmSettings;
 use headroom_sim::report::{self, Row};
 use headroom_sim::scenarios;
 use headroom_sim::trace::{Format, Trace, parse_csv};
+use headroom_sim::workload::{ArrivalModel, DEFAULT_SERVICE_CV, ServiceSpread};
 
 #[derive(Parser, Debug)]
 #[command(name = "headroom-sim", version, about)]
@@ -120,6 +121,17 @@ struct RunArgs {
     spot_share: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Where a trace bin's jobs fall within it: `poisson` (uniform times given the count,
+    /// seeded) or `even` (a fluid spread evenly, the first model).
+    #[arg(long, value_enum, default_value_t = ArrivalModel::Poisson)]
+    arrivals: ArrivalModel,
+    /// Service-time spread around each bin's mean: `lognormal` (CV `--service-cv`),
+    /// `uniform` (U(0.5 S, 1.5 S), the first model) or `fixed`.
+    #[arg(long, value_enum, default_value_t = SpreadKind::Lognormal)]
+    service_dist: SpreadKind,
+    /// The lognormal's coefficient of variation.
+    #[arg(long, default_value_t = DEFAULT_SERVICE_CV)]
+    service_cv: f64,
     /// `headroom+prewarm`'s PrewarmPolicy: `scaleDownAfter` in seconds (idle capacity the
     /// provisioner created goes after this long unneeded).
     #[arg(long, default_value_t = 600.0)]
@@ -148,6 +160,13 @@ struct RunArgs {
     /// Where the CSV and SVG files go.
     #[arg(long, default_value = "target/headroom-sim")]
     out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SpreadKind {
+    Lognormal,
+    Uniform,
+    Fixed,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -285,6 +304,12 @@ fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
             a.spot_share
         ));
     }
+    if !(a.service_cv.is_finite() && a.service_cv > 0.0 && a.service_cv <= 10.0) {
+        bad.push(format!(
+            "--service-cv: {} is not a coefficient of variation in (0, 10]",
+            a.service_cv
+        ));
+    }
     if a.gpus_per_node == 0 {
         bad.push("--gpus-per-node: must be ≥ 1".into());
     }
@@ -312,6 +337,12 @@ fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
         on_demand_price: a.on_demand_price,
         spot_price: a.spot_price,
         spot_share: a.spot_share,
+        arrivals: a.arrivals,
+        service_spread: match a.service_dist {
+            SpreadKind::Lognormal => ServiceSpread::Lognormal { cv: a.service_cv },
+            SpreadKind::Uniform => ServiceSpread::Uniform,
+            SpreadKind::Fixed => ServiceSpread::Fixed,
+        },
         seed: a.seed,
         ..ClusterConfig::default()
     })
