@@ -18,6 +18,7 @@ use headroom_scaler::schedule::{Schedule, instant};
 use crate::cluster::{Cluster, ClusterConfig, Hpa, Keda};
 use crate::prewarm::{Prewarm, PrewarmSettings, PrewarmStats};
 use crate::trace::Trace;
+use crate::tune::{self, KedaTuning};
 use crate::workload::arrivals_per_second;
 
 /// One trace with the workload's shape and what its users would declare.
@@ -37,8 +38,13 @@ pub struct Scenario {
     pub declare_service_time: bool,
     /// Whether the queue exposes produced/consumed counters (Kafka) or only depths.
     pub counters: bool,
-    /// Size of the fixed warm pool (pause pods).
-    pub warm_pool: u32,
+    /// Size of the fixed warm pool (pause pods); `None`: the seed's rule
+    /// ([`tune::warm_pool_rule`]).
+    pub warm_pool: Option<u32>,
+    /// keda-tuned's settings (also under warm-pool and cron-hpa), as [`tune`] chose them.
+    pub keda_tuning: KedaTuning,
+    /// The share of the trace, from its start, that is the tuning part: run, not reported.
+    pub tuning_share: f64,
     /// Headroom's `drainSeconds`.
     pub drain_seconds: f64,
     /// The PrewarmPolicy of `headroom+prewarm`.
@@ -145,7 +151,7 @@ pub struct RunResult {
     pub gpu_node_hours: f64,
     pub cost: f64,
     pub idle_gpu_hours: f64,
-    /// Jobs that arrived in this realisation of the trace.
+    /// Jobs that arrived in the held-out part of this realisation of the trace.
     pub arrived: f64,
     /// Jobs not done at the end (waiting or in service).
     pub left: f64,
@@ -171,11 +177,14 @@ struct Workload {
     spread: Vec<f64>,
     produced: f64,
     consumed: f64,
+    /// Jobs arriving before this second are served but not scored (the tuning part).
+    score_from: u64,
+    scored_arrivals: f64,
     waits: Waits,
 }
 
 impl Workload {
-    fn new(max_service: f64, spread: Vec<f64>) -> Self {
+    fn new(max_service: f64, spread: Vec<f64>, score_from: u64) -> Self {
         let longest = spread.iter().copied().fold(1.0, f64::max) * max_service;
         Self {
             queue: VecDeque::new(),
@@ -185,6 +194,8 @@ impl Workload {
             spread,
             produced: 0.0,
             consumed: 0.0,
+            score_from,
+            scored_arrivals: 0.0,
             waits: Waits::default(),
         }
     }
@@ -203,6 +214,9 @@ impl Workload {
             self.queue.push_back((sec, arrivals, service));
             self.waiting += arrivals;
             self.produced += arrivals;
+            if sec >= self.score_from {
+                self.scored_arrivals += arrivals;
+            }
         }
         let mut free = slots - self.in_service;
         let mut started = 0.0;
@@ -211,7 +225,9 @@ impl Workload {
                 break;
             };
             let n = front.1.min(free);
-            self.waits.add(sec - front.0, n);
+            if front.0 >= self.score_from {
+                self.waits.add(sec - front.0, n);
+            }
             front.1 -= n;
             free -= n;
             started += n;
@@ -242,8 +258,10 @@ impl Workload {
     fn finish(&mut self, end: u64) -> f64 {
         let mut unserved = 0.0;
         for (arrived, n, _) in self.queue.drain(..) {
-            self.waits.add(end.saturating_sub(arrived), n);
-            unserved += n;
+            if arrived >= self.score_from {
+                self.waits.add(end.saturating_sub(arrived), n);
+                unserved += n;
+            }
         }
         unserved
     }
@@ -327,13 +345,29 @@ fn oracle_wanted(sc: &Scenario, lead: f64) -> Vec<u32> {
     (0..n).map(|s| out_min[s / 60]).collect()
 }
 
-/// Runs one policy over one scenario.
+/// Runs one policy over one scenario; everything in the result is of the held-out part (from
+/// [`tune::split_second`] on).
 pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
     let tr = &sc.trace;
     let n = tr.duration().round() as u64;
     let lead = cl.worst_pod_latency();
     let tpr = f64::from(sc.concurrency);
-    let mut cluster = Cluster::new(cl.clone());
+    let score_from = tune::split_second(sc);
+    // The KEDA baselines a competent user runs: keda-tuned's settings, also under the warm
+    // pool and the CronHPA.
+    let tuned = matches!(
+        policy,
+        PolicyKind::KedaTuned | PolicyKind::WarmPool | PolicyKind::CronHpa
+    );
+    let mut cfg = cl.clone();
+    let mut min_replicas = 0;
+    if tuned {
+        if let Some(c) = sc.keda_tuning.consolidate_after_seconds {
+            cfg.consolidate_after_seconds = c;
+        }
+        min_replicas = sc.keda_tuning.min_replicas.min(sc.max_replicas);
+    }
+    let mut cluster = Cluster::new(cfg);
     let mut control = match policy {
         PolicyKind::KedaDefaults => Control::Keda {
             keda: Keda::new(30.0),
@@ -365,17 +399,22 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
         },
     };
     if policy == PolicyKind::WarmPool {
-        cluster.set_pause_pods(sc.warm_pool);
+        cluster.set_pause_pods(sc.warm_pool.unwrap_or_else(|| tune::warm_pool_rule(sc)));
     }
     let max_service = tr.service.as_ref().map_or(sc.service_seconds, |s| {
         s.iter().copied().fold(sc.service_seconds, f64::max)
     });
-    let mut work = Workload::new(max_service, cl.service_spread.multipliers());
+    let mut work = Workload::new(max_service, cl.service_spread.multipliers(), score_from);
     let arrivals_at = arrivals_per_second(tr, cl.arrivals, cl.seed);
     let sample_every = (n / 1500).max(1);
     let mut series = Vec::new();
     let mut sample_arrivals = 0.0;
+    // The cluster's accounting when the held-out part starts.
+    let mut at_split = (0.0, 0.0, 0.0);
     for sec in 0..n {
+        if sec == score_from {
+            at_split = (cluster.node_seconds, cluster.cost, cluster.idle_gpu_seconds);
+        }
         let t = tr.start + sec as f64;
         let arrivals = arrivals_at.get(sec as usize).copied().unwrap_or(0.0);
         let service = tr.service_at(t).unwrap_or(sc.service_seconds);
@@ -386,7 +425,11 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
         let current = cluster.replicas();
         let desired = match &mut control {
             Control::Keda { keda, hpa, cron } => {
-                let cron_now = cron.as_ref().and_then(|s| s.replicas_at(instant(t), 0));
+                // A CronHPA user starts each window a pod-to-Ready latency early (the lead
+                // Headroom gets) and keeps it to its declared end.
+                let cron_now = cron
+                    .as_ref()
+                    .and_then(|s| s.replicas_at(instant(t), lead.ceil() as i64));
                 let active = backlog > 1e-6 || cron_now.is_some();
                 let mut r = current;
                 if keda.due(t) {
@@ -399,7 +442,8 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
                     }
                     r = hpa.sync(t, r, &metrics);
                 }
-                r
+                // `minReplicaCount`: KEDA scales to it, not to zero.
+                r.max(min_replicas)
             }
             Control::Headroom {
                 keda,
@@ -473,14 +517,14 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
         _ => (None, None),
     };
     let left = work.backlog();
-    let arrived = work.produced;
+    let arrived = work.scored_arrivals;
     let unserved = work.finish(n);
     RunResult {
         scenario: sc.name.clone(),
         policy,
-        gpu_node_hours: cluster.node_seconds / 3600.0,
-        cost: cluster.cost,
-        idle_gpu_hours: cluster.idle_gpu_seconds / 3600.0,
+        gpu_node_hours: (cluster.node_seconds - at_split.0) / 3600.0,
+        cost: cluster.cost - at_split.1,
+        idle_gpu_hours: (cluster.idle_gpu_seconds - at_split.2) / 3600.0,
         arrived,
         left,
         unserved,
@@ -492,11 +536,12 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::workload::ServiceSpread;
 
-    fn steady(rate: f64, secs: usize) -> Scenario {
+    /// `rate` jobs/s of 10 s on one-job pods, not split (everything scored).
+    pub(crate) fn steady(rate: f64, secs: usize) -> Scenario {
         Scenario {
             name: "steady".into(),
             trace: Trace {
@@ -513,7 +558,9 @@ mod tests {
             timezone: None,
             declare_service_time: true,
             counters: false,
-            warm_pool: 2,
+            warm_pool: Some(2),
+            keda_tuning: KedaTuning::default(),
+            tuning_share: 0.0,
             drain_seconds: 60.0,
             prewarm: PrewarmSettings::default(),
         }
@@ -541,7 +588,7 @@ mod tests {
     fn a_queued_cohort_is_served_with_its_own_service_time() {
         // 10 jobs of 60 s arrive at 0 with no slot; at 100 slots open while the trace's
         // service column says 5 s: they must still take 30-90 s each.
-        let mut w = Workload::new(60.0, ServiceSpread::Uniform.multipliers());
+        let mut w = Workload::new(60.0, ServiceSpread::Uniform.multipliers(), 0);
         w.step(0, 10.0, 0.0, 60.0);
         for sec in 1..100 {
             w.step(sec, 0.0, 0.0, 5.0);
@@ -571,6 +618,72 @@ mod tests {
         // The first arrival waited 60 s when the trace ended, the last one 1 s.
         assert_eq!(r.waits.quantile(0.99), 60.0);
         assert!(r.waits.quantile(0.01) <= 2.0);
+    }
+
+    #[test]
+    fn cron_hpa_starts_its_window_a_lead_time_early() {
+        // A declared 08:00-09:00 UTC window of 5 pods; jobs only inside it.
+        let mut sc = steady(0.0, 10 * 3600);
+        for a in &mut sc.trace.arrivals[8 * 3600..9 * 3600] {
+            *a = 0.3;
+        }
+        sc.schedule = Some("0 8 * * * for 1h = 5".into());
+        let cron = run(&sc, PolicyKind::CronHpa, &ClusterConfig::default());
+        let keda = run(&sc, PolicyKind::KedaTuned, &ClusterConfig::default());
+        // The window's pods are Ready when it opens; without the lead they would still be
+        // pulling their image, as keda-tuned's are.
+        assert!(
+            cron.waits.quantile(0.95) <= 30.0,
+            "{}",
+            cron.waits.quantile(0.95)
+        );
+        assert!(
+            keda.waits.quantile(0.95) > 100.0,
+            "{}",
+            keda.waits.quantile(0.95)
+        );
+    }
+
+    #[test]
+    fn min_replica_count_keeps_a_warm_pod_and_a_longer_consolidate_after_keeps_the_node() {
+        let mut sc = steady(0.0, 7200);
+        for a in &mut sc.trace.arrivals[3600..] {
+            *a = 0.05;
+        }
+        let cl = ClusterConfig::default();
+        let plain = run(&sc, PolicyKind::KedaTuned, &cl);
+        sc.keda_tuning = KedaTuning {
+            consolidate_after_seconds: Some(900.0),
+            min_replicas: 1,
+        };
+        let warm = run(&sc, PolicyKind::KedaTuned, &cl);
+        // Without: the first jobs of the hour wait for a node and its image pull.
+        assert!(
+            plain.waits.quantile(0.95) > 150.0,
+            "{}",
+            plain.waits.quantile(0.95)
+        );
+        assert!(
+            warm.waits.quantile(0.95) <= 60.0,
+            "{}",
+            warm.waits.quantile(0.95)
+        );
+        // The kept pod holds its node through the quiet hour too.
+        assert!(warm.gpu_node_hours > 1.9, "{}", warm.gpu_node_hours);
+    }
+
+    #[test]
+    fn only_the_held_out_part_is_scored() {
+        let mut sc = steady(0.0, 4000);
+        for a in &mut sc.trace.arrivals[..1000] {
+            *a = 1.0;
+        }
+        sc.tuning_share = 0.5;
+        let r = run(&sc, PolicyKind::KedaTuned, &ClusterConfig::default());
+        // All jobs arrived in the tuning half; its nodes were gone long before the second half
+        // ended, so almost nothing is billed there.
+        assert_eq!((r.arrived, r.waits.total()), (0.0, 0.0));
+        assert!(r.gpu_node_hours < 0.2, "{}", r.gpu_node_hours);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`cluster`]: KEDA, the HPA, pods, nodes, consolidation, prices;
 //! - [`engine`]: the queue, the policies, one run;
 //! - [`prewarm`]: the provisioner's real `plan()` driving nodes ahead of demand;
+//! - [`tune`]: the tuning split, keda-tuned's grid, the warm pool's rule;
 //! - [`report`]: table, CSV, JSON, SVG, the targets.
 
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod report;
 pub mod rng;
 pub mod scenarios;
 pub mod trace;
+pub mod tune;
 pub mod workload;
 
 use std::sync::Mutex;
@@ -27,6 +29,86 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::cluster::ClusterConfig;
 use crate::engine::{PolicyKind, RunResult, Scenario};
+use crate::tune::GridPoint;
+
+/// Runs `f` over `jobs` on up to `threads` threads, calling `progress(done, total, label)`
+/// after each; results come back in job order.
+pub fn parallel<J: Sync, R: Send>(
+    jobs: &[J],
+    threads: usize,
+    f: &(dyn Fn(&J) -> (R, String) + Sync),
+    progress: &(dyn Fn(usize, usize, &str) + Sync),
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, R)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    let (r, label) = f(job);
+                    if let Ok(mut v) = results.lock() {
+                        v.push((i, r));
+                    }
+                    let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    progress(d, jobs.len(), &label);
+                }
+            });
+        }
+    });
+    let mut v = results.into_inner().unwrap_or_default();
+    v.sort_by_key(|(i, _)| *i);
+    v.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Tunes keda-tuned on each scenario's tuning part (the [`tune::grid`], on the cluster's seed)
+/// and stores the choice in the scenario. Returns each scenario's grid scores. Scenarios
+/// without a tuning part keep their settings.
+pub fn tune_all(
+    scenarios: &mut [Scenario],
+    cluster: &ClusterConfig,
+    threads: usize,
+    progress: &(dyn Fn(usize, usize, &str) + Sync),
+) -> Vec<Vec<GridPoint>> {
+    let grid = tune::grid();
+    let parts: Vec<Option<Scenario>> = scenarios
+        .iter()
+        .map(|sc| (tune::split_second(sc) > 0).then(|| tune::tuning_part(sc)))
+        .collect();
+    let mut jobs: Vec<(usize, usize)> = Vec::new();
+    for (s, part) in parts.iter().enumerate() {
+        if part.is_some() {
+            jobs.extend((0..grid.len()).map(|g| (s, g)));
+        }
+    }
+    let run = |&(s, g): &(usize, usize)| {
+        let Some(part) = &parts[s] else {
+            return (None, String::new());
+        };
+        let mut sc = part.clone();
+        sc.keda_tuning = grid[g];
+        let r = engine::run(&sc, PolicyKind::KedaTuned, cluster);
+        let point = GridPoint {
+            tuning: grid[g],
+            wait_p95_s: r.waits.quantile(0.95),
+            gpu_node_hours: r.gpu_node_hours,
+        };
+        (Some((s, point)), format!("tuning {} {:?}", sc.name, grid[g]))
+    };
+    let points = parallel(&jobs, threads, &run, progress);
+    let mut out = vec![Vec::new(); scenarios.len()];
+    for (s, p) in points.into_iter().flatten() {
+        out[s].push(p);
+    }
+    for (sc, pts) in scenarios.iter_mut().zip(&out) {
+        if !pts.is_empty() {
+            sc.keda_tuning = tune::choose(pts);
+        }
+    }
+    out
+}
 
 /// Runs every (scenario, policy) pair on up to `threads` threads, calling `progress(done,
 /// total, label)` after each. Results come back in (scenario, policy) order.
@@ -43,34 +125,18 @@ pub fn run_all(
             jobs.push((s, p));
         }
     }
-    // Longest traces first, so the two threads finish together.
+    // Longest traces first, so the threads finish together.
     jobs.sort_by(|a, b| {
         scenarios[b.0]
             .trace
             .duration()
             .total_cmp(&scenarios[a.0].trace.duration())
     });
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, usize, RunResult)>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(s, p)) = jobs.get(i) else { break };
-                    let r = engine::run(&scenarios[s], policies[p], cluster);
-                    let label = format!("{} / {}", scenarios[s].name, policies[p].name());
-                    if let Ok(mut v) = results.lock() {
-                        v.push((s, p, r));
-                    }
-                    let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    progress(d, jobs.len(), &label);
-                }
-            });
-        }
-    });
-    let mut v = results.into_inner().unwrap_or_default();
+    let run = |&(s, p): &(usize, usize)| {
+        let r = engine::run(&scenarios[s], policies[p], cluster);
+        ((s, p, r), format!("{} / {}", scenarios[s].name, policies[p].name()))
+    };
+    let mut v = parallel(&jobs, threads, &run, progress);
     v.sort_by_key(|(s, p, _)| (*s, *p));
     v.into_iter().map(|(_, _, r)| r).collect()
 }

@@ -83,9 +83,14 @@ struct RunArgs {
     /// Headroom's `drainSeconds`: a backlog should be gone within this long.
     #[arg(long, default_value_t = 60.0)]
     drain_seconds: f64,
-    /// Pause pods in the fixed warm pool policy.
-    #[arg(long, default_value_t = 2)]
-    warm_pool: u32,
+    /// Pause pods in the fixed warm pool policy (default: the seed's rule, 15 % of the tuning
+    /// part's peak delta).
+    #[arg(long)]
+    warm_pool: Option<u32>,
+    /// The share of each trace, from its start, that tunes the baselines (keda-tuned's grid,
+    /// the warm pool's size); only the rest is reported. 0: no split, nothing tuned.
+    #[arg(long, default_value_t = headroom_sim::tune::TUNING_SHARE)]
+    tuning_share: f64,
     /// Multiply the trace's arrivals by this.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
@@ -381,7 +386,13 @@ fn run(a: &RunArgs) -> ExitCode {
     if policies.is_empty() {
         policies = PolicyKind::ALL.to_vec();
     }
-    let scenarios: Vec<Scenario> = match load(&a.input) {
+    if !(0.0..0.95).contains(&a.tuning_share) {
+        return fail(format!(
+            "--tuning-share: {} is not in [0, 0.95)",
+            a.tuning_share
+        ));
+    }
+    let mut scenarios: Vec<Scenario> = match load(&a.input) {
         Err(e) => return fail(e),
         Ok(Some(t)) => {
             if let Some(s) = &a.schedule
@@ -403,6 +414,8 @@ fn run(a: &RunArgs) -> ExitCode {
                 declare_service_time: true,
                 counters: false,
                 warm_pool: a.warm_pool,
+                keda_tuning: headroom_sim::tune::KedaTuning::default(),
+                tuning_share: a.tuning_share,
                 drain_seconds: a.drain_seconds,
                 prewarm: prewarm.clone(),
             }]
@@ -420,6 +433,10 @@ fn run(a: &RunArgs) -> ExitCode {
             }
             for sc in &mut v {
                 sc.prewarm = prewarm.clone();
+                sc.tuning_share = a.tuning_share;
+                if a.warm_pool.is_some() {
+                    sc.warm_pool = a.warm_pool;
+                }
             }
             v
         }
@@ -438,6 +455,14 @@ fn run(a: &RunArgs) -> ExitCode {
             started.elapsed().as_secs_f64()
         );
         let _ = std::io::stderr().flush();
+    };
+    let tuned = [PolicyKind::KedaTuned, PolicyKind::WarmPool, PolicyKind::CronHpa];
+    let grids = if policies.iter().any(|p| tuned.contains(p)) {
+        let g = headroom_sim::tune_all(&mut scenarios, &cluster, threads, &progress);
+        eprintln!();
+        g
+    } else {
+        vec![Vec::new(); scenarios.len()]
     };
     let results = headroom_sim::run_all(&scenarios, &policies, &cluster, threads, &progress);
     eprintln!();
@@ -465,6 +490,25 @@ fn run(a: &RunArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     print!("{}", report::table(&rows));
+    println!();
+    println!(
+        "Held-out results: each trace's first {:.0} % tunes the baselines and is not reported.",
+        a.tuning_share * 100.0
+    );
+    println!("Baselines as tuned on that part (keda-tuned's grid; warm-pool by the seed's rule):");
+    for (sc, grid) in scenarios.iter().zip(&grids) {
+        let k = sc.keda_tuning;
+        println!(
+            "  {:<20} consolidateAfter {:>4} s, minReplicaCount {}, warm pool {} pods{}",
+            sc.name,
+            k.consolidate_after_seconds
+                .unwrap_or(cluster.consolidate_after_seconds),
+            k.min_replicas,
+            sc.warm_pool
+                .unwrap_or_else(|| headroom_sim::tune::warm_pool_rule(sc)),
+            if grid.is_empty() { " (not tuned)" } else { "" }
+        );
+    }
     if policies.contains(&PolicyKind::Headroom) && policies.contains(&PolicyKind::HeadroomPrewarm) {
         println!();
         println!("Prewarming (headroom → headroom+prewarm):");
