@@ -147,6 +147,8 @@ impl Waits {
 pub struct RunResult {
     pub scenario: String,
     pub policy: PolicyKind,
+    /// The seed of this realisation (arrivals and node times).
+    pub seed: u64,
     pub waits: Waits,
     pub gpu_node_hours: f64,
     pub cost: f64,
@@ -522,6 +524,7 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
     RunResult {
         scenario: sc.name.clone(),
         policy,
+        seed: cl.seed,
         gpu_node_hours: (cluster.node_seconds - at_split.0) / 3600.0,
         cost: cluster.cost - at_split.1,
         idle_gpu_hours: (cluster.idle_gpu_seconds - at_split.2) / 3600.0,

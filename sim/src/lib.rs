@@ -110,19 +110,24 @@ pub fn tune_all(
     out
 }
 
-/// Runs every (scenario, policy) pair on up to `threads` threads, calling `progress(done,
-/// total, label)` after each. Results come back in (scenario, policy) order.
+/// Runs every (scenario, seed, policy) on up to `threads` threads, calling `progress(done,
+/// total, label)` after each. Seed `k` of `seeds` is `cluster.seed + k` (arrivals and node
+/// times; every policy of a seed sees the same). Results come back in (scenario, policy,
+/// seed) order.
 pub fn run_all(
     scenarios: &[Scenario],
     policies: &[PolicyKind],
     cluster: &ClusterConfig,
+    seeds: u32,
     threads: usize,
     progress: &(dyn Fn(usize, usize, &str) + Sync),
 ) -> Vec<RunResult> {
-    let mut jobs: Vec<(usize, usize)> = Vec::new();
+    let mut jobs: Vec<(usize, usize, u32)> = Vec::new();
     for s in 0..scenarios.len() {
         for p in 0..policies.len() {
-            jobs.push((s, p));
+            for k in 0..seeds.max(1) {
+                jobs.push((s, p, k));
+            }
         }
     }
     // Longest traces first, so the threads finish together.
@@ -132,11 +137,18 @@ pub fn run_all(
             .duration()
             .total_cmp(&scenarios[a.0].trace.duration())
     });
-    let run = |&(s, p): &(usize, usize)| {
-        let r = engine::run(&scenarios[s], policies[p], cluster);
-        ((s, p, r), format!("{} / {}", scenarios[s].name, policies[p].name()))
+    let run = |&(s, p, k): &(usize, usize, u32)| {
+        let cfg = ClusterConfig {
+            seed: cluster.seed.wrapping_add(u64::from(k)),
+            ..cluster.clone()
+        };
+        let r = engine::run(&scenarios[s], policies[p], &cfg);
+        (
+            (s, p, k, r),
+            format!("{} / {} / seed {k}", scenarios[s].name, policies[p].name()),
+        )
     };
     let mut v = parallel(&jobs, threads, &run, progress);
-    v.sort_by_key(|(s, p, _)| (*s, *p));
-    v.into_iter().map(|(_, _, r)| r).collect()
+    v.sort_by_key(|(s, p, k, _)| (*s, *p, *k));
+    v.into_iter().map(|(_, _, _, r)| r).collect()
 }

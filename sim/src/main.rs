@@ -13,7 +13,7 @@ use headroom_scaler::schedule::Schedule;
 use headroom_sim::cluster::ClusterConfig;
 use headroom_sim::engine::{PolicyKind, Scenario};
 use headroom_sim::prewarm::PrewarmSettings;
-use headroom_sim::report::{self, Row};
+use headroom_sim::report;
 use headroom_sim::scenarios;
 use headroom_sim::trace::{Format, Trace, parse_csv};
 use headroom_sim::workload::{ArrivalModel, DEFAULT_SERVICE_CV, ServiceSpread};
@@ -124,8 +124,13 @@ struct RunArgs {
     /// Share of nodes launched as spot, 0-1.
     #[arg(long, default_value_t = 0.0)]
     spot_share: f64,
+    /// The first seed (arrivals within bins, node boot and pull times).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seeds per row: `--seed`, `--seed`+1, …; each row is the mean and 95 % interval
+    /// across them.
+    #[arg(long, default_value_t = 5)]
+    seeds: u32,
     /// Where a trace bin's jobs fall within it: `poisson` (uniform times given the count,
     /// seeded) or `even` (a fluid spread evenly, the first model).
     #[arg(long, value_enum, default_value_t = ArrivalModel::Poisson)]
@@ -386,6 +391,9 @@ fn run(a: &RunArgs) -> ExitCode {
     if policies.is_empty() {
         policies = PolicyKind::ALL.to_vec();
     }
+    if a.seeds == 0 || a.seeds > 100 {
+        return fail(format!("--seeds: {} is not in 1..=100", a.seeds));
+    }
     if !(0.0..0.95).contains(&a.tuning_share) {
         return fail(format!(
             "--tuning-share: {} is not in [0, 0.95)",
@@ -464,9 +472,16 @@ fn run(a: &RunArgs) -> ExitCode {
     } else {
         vec![Vec::new(); scenarios.len()]
     };
-    let results = headroom_sim::run_all(&scenarios, &policies, &cluster, threads, &progress);
+    let results = headroom_sim::run_all(
+        &scenarios,
+        &policies,
+        &cluster,
+        a.seeds,
+        threads,
+        &progress,
+    );
     eprintln!();
-    let rows: Vec<Row> = results.iter().map(Row::from).collect();
+    let rows = report::rows(&results);
     if let Err(e) = std::fs::create_dir_all(&a.out) {
         return fail(format!("--out {}: {e}", a.out.display()));
     }
@@ -475,7 +490,10 @@ fn run(a: &RunArgs) -> ExitCode {
         return fail(format!("cannot write {}: {e}", csv_path.display()));
     }
     for sc in &scenarios {
-        let rs: Vec<_> = results.iter().filter(|r| r.scenario == sc.name).collect();
+        let rs: Vec<_> = results
+            .iter()
+            .filter(|r| r.scenario == sc.name && r.seed == cluster.seed)
+            .collect();
         let path = a.out.join(format!("{}.svg", sc.name));
         let load = sc.service_seconds / f64::from(sc.concurrency);
         if let Err(e) = std::fs::write(&path, report::svg(&sc.name, &rs, load)) {
@@ -489,7 +507,20 @@ fn run(a: &RunArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    println!(
+        "Means over {} seeds ({}..={}) ± the half-width of their 95 % interval:",
+        a.seeds.max(1),
+        cluster.seed,
+        cluster.seed + u64::from(a.seeds.max(1)) - 1
+    );
     print!("{}", report::table(&rows));
+    if policies.contains(&PolicyKind::KedaTuned) {
+        println!();
+        println!(
+            "Against keda-tuned, paired by seed (mean difference [95 % interval]; inside it: tie):"
+        );
+        print!("{}", report::against_keda_tuned(&rows));
+    }
     println!();
     println!(
         "Held-out results: each trace's first {:.0} % tunes the baselines and is not reported.",
@@ -515,7 +546,7 @@ fn run(a: &RunArgs) -> ExitCode {
         print!("{}", report::prewarm_effect(&rows));
     }
     println!();
-    println!("Targets (issue 4), Headroom without prewarmed nodes:");
+    println!("Targets, Headroom without prewarmed nodes (paired by seed):");
     for sc in &scenarios {
         for (claim, met) in report::targets(&rows, &sc.name, sc.name == "poisson_spikes") {
             println!(
