@@ -166,13 +166,15 @@ pub struct RunResult {
     pub forecast_mape: Option<(f64, f64)>,
     /// What the provisioner did (`headroom+prewarm`).
     pub prewarm: Option<PrewarmStats>,
+    /// The oracle's plan, for the oracle and its frontier.
+    pub oracle_plan: Option<crate::oracle::Plan>,
 }
 
-struct Workload {
+pub(crate) struct Workload {
     /// Cohorts waiting: (arrival second, jobs, their mean service seconds).
     queue: VecDeque<(u64, f64, f64)>,
-    waiting: f64,
-    in_service: f64,
+    pub(crate) waiting: f64,
+    pub(crate) in_service: f64,
     /// Completions by second, over a ring longer than the longest service time.
     ring: Vec<f64>,
     /// Multipliers of S, each taking an equal share of a cohort.
@@ -181,12 +183,12 @@ struct Workload {
     consumed: f64,
     /// Jobs arriving before this second are served but not scored (the tuning part).
     score_from: u64,
-    scored_arrivals: f64,
-    waits: Waits,
+    pub(crate) scored_arrivals: f64,
+    pub(crate) waits: Waits,
 }
 
 impl Workload {
-    fn new(max_service: f64, spread: Vec<f64>, score_from: u64) -> Self {
+    pub(crate) fn new(max_service: f64, spread: Vec<f64>, score_from: u64) -> Self {
         let longest = spread.iter().copied().fold(1.0, f64::max) * max_service;
         Self {
             queue: VecDeque::new(),
@@ -202,7 +204,7 @@ impl Workload {
         }
     }
 
-    fn step(&mut self, sec: u64, arrivals: f64, slots: f64, service: f64) {
+    pub(crate) fn step(&mut self, sec: u64, arrivals: f64, slots: f64, service: f64) {
         let len = self.ring.len();
         // Completions this second.
         let done = self.ring[sec as usize % len].min(self.in_service);
@@ -251,13 +253,13 @@ impl Workload {
         }
     }
 
-    fn backlog(&self) -> f64 {
+    pub(crate) fn backlog(&self) -> f64 {
         self.waiting + self.in_service
     }
 
     /// Ends the run at second `end`: every job still waiting counts with wait = end − arrival
     /// (dropping them would drop the worst waits). Returns how many there were.
-    fn finish(&mut self, end: u64) -> f64 {
+    pub(crate) fn finish(&mut self, end: u64) -> f64 {
         let mut unserved = 0.0;
         for (arrived, n, _) in self.queue.drain(..) {
             if arrived >= self.score_from {
@@ -282,10 +284,6 @@ enum Control {
         planner: Box<Planner>,
         prewarm: Option<Prewarm>,
     },
-    Oracle {
-        /// Replicas wanted per second (precomputed from the future).
-        wanted: Vec<u32>,
-    },
 }
 
 fn planned_config(sc: &Scenario, lead: f64) -> PlannedConfig {
@@ -308,48 +306,12 @@ fn planned_config(sc: &Scenario, lead: f64) -> PlannedConfig {
     }
 }
 
-/// What the oracle asks for at each second: the largest need over the next `lead` seconds,
-/// where the need at τ is what the *actual* arrivals of the minute around τ keep busy at 85 %
-/// utilisation.
-fn oracle_wanted(sc: &Scenario, lead: f64) -> Vec<u32> {
-    let tr = &sc.trace;
-    let n = tr.duration() as usize;
-    let minutes = n.div_ceil(60);
-    let need: Vec<u32> = (0..minutes)
-        .map(|m| {
-            let t0 = tr.start + (m * 60) as f64;
-            let (mut a, mut work) = (0.0, 0.0);
-            for s in 0..60 {
-                let t = t0 + s as f64;
-                let r = tr.rate_at(t);
-                a += r;
-                work += r * tr.service_at(t).unwrap_or(sc.service_seconds);
-            }
-            let _ = a;
-            let busy = work / 60.0 / f64::from(sc.concurrency);
-            ((busy / 0.85).ceil() as u32).min(sc.max_replicas)
-        })
-        .collect();
-    // Sliding maximum over [m, m + lead].
-    let span = (lead / 60.0).ceil() as usize + 1;
-    let mut out_min = vec![0u32; minutes];
-    let mut dq: VecDeque<usize> = VecDeque::new();
-    for m in (0..minutes).rev() {
-        while dq.back().is_some_and(|&j| need[j] <= need[m]) {
-            dq.pop_back();
-        }
-        dq.push_back(m);
-        while dq.front().is_some_and(|&j| j > m + span) {
-            dq.pop_front();
-        }
-        out_min[m] = need[*dq.front().unwrap_or(&m)];
-    }
-    (0..n).map(|s| out_min[s / 60]).collect()
-}
-
 /// Runs one policy over one scenario; everything in the result is of the held-out part (from
 /// [`tune::split_second`] on).
 pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
+    if policy == PolicyKind::Oracle {
+        return crate::oracle::Foresight::new(sc, cl).run(crate::oracle::Plan::EXACT);
+    }
     let tr = &sc.trace;
     let n = tr.duration().round() as u64;
     let lead = cl.worst_pod_latency();
@@ -396,8 +358,11 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
             prewarm: (policy == PolicyKind::HeadroomPrewarm)
                 .then(|| Prewarm::new(sc.prewarm.clone(), lead, sc.max_replicas)),
         },
-        PolicyKind::Oracle => Control::Oracle {
-            wanted: oracle_wanted(sc, lead),
+        // Served above, by the oracle's own model.
+        PolicyKind::Oracle => Control::Keda {
+            keda: Keda::new(2.0),
+            hpa: Hpa::new(false, sc.max_replicas),
+            cron: None,
         },
     };
     if policy == PolicyKind::WarmPool {
@@ -486,10 +451,6 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
                 }
                 r
             }
-            Control::Oracle { wanted } => {
-                let drain = ((work.waiting) / tpr).ceil() as u32;
-                wanted[sec as usize].max(drain).min(sc.max_replicas)
-            }
         };
         if desired != current {
             cluster.scale_to(desired);
@@ -535,6 +496,7 @@ pub fn run(sc: &Scenario, policy: PolicyKind, cl: &ClusterConfig) -> RunResult {
         series,
         forecast_mape,
         prewarm,
+        oracle_plan: None,
     }
 }
 

@@ -10,12 +10,14 @@
 //! - [`cluster`]: KEDA, the HPA, pods, nodes, consolidation, prices;
 //! - [`engine`]: the queue, the policies, one run;
 //! - [`prewarm`]: the provisioner's real `plan()` driving nodes ahead of demand;
+//! - [`oracle`]: perfect foresight, a cost–p95 frontier no policy should beat;
 //! - [`tune`]: the tuning split, keda-tuned's grid, the warm pool's rule;
 //! - [`report`]: table, CSV, JSON, SVG, the targets.
 
 pub mod cluster;
 pub mod engine;
 pub mod generate;
+pub mod oracle;
 pub mod prewarm;
 pub mod report;
 pub mod rng;
@@ -95,7 +97,10 @@ pub fn tune_all(
             wait_p95_s: r.waits.quantile(0.95),
             gpu_node_hours: r.gpu_node_hours,
         };
-        (Some((s, point)), format!("tuning {} {:?}", sc.name, grid[g]))
+        (
+            Some((s, point)),
+            format!("tuning {} {:?}", sc.name, grid[g]),
+        )
     };
     let points = parallel(&jobs, threads, &run, progress);
     let mut out = vec![Vec::new(); scenarios.len()];
@@ -110,10 +115,34 @@ pub fn tune_all(
     out
 }
 
+/// Every run of an evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct Runs {
+    /// One per (scenario, policy, seed), in that order.
+    pub results: Vec<RunResult>,
+    /// The oracle's frontier: every [`oracle::plans`] plan per (scenario, seed), when the
+    /// oracle was asked for.
+    pub frontier: Vec<RunResult>,
+}
+
+/// The `oracle` row's choice among its frontier (one seed's): the cheapest of the plans with
+/// the lowest p95, so that a policy matching its p95 must also beat its cost.
+pub fn oracle_row(frontier: &[RunResult]) -> Option<RunResult> {
+    let best = frontier
+        .iter()
+        .map(|r| r.waits.quantile(0.95))
+        .min_by(f64::total_cmp)?;
+    frontier
+        .iter()
+        .filter(|r| r.waits.quantile(0.95) <= best + 1e-9)
+        .min_by(|a, b| a.cost.total_cmp(&b.cost))
+        .cloned()
+}
+
 /// Runs every (scenario, seed, policy) on up to `threads` threads, calling `progress(done,
 /// total, label)` after each. Seed `k` of `seeds` is `cluster.seed + k` (arrivals and node
-/// times; every policy of a seed sees the same). Results come back in (scenario, policy,
-/// seed) order.
+/// times; every policy of a seed sees the same). The oracle runs its whole frontier and its
+/// row is [`oracle_row`].
 pub fn run_all(
     scenarios: &[Scenario],
     policies: &[PolicyKind],
@@ -121,7 +150,7 @@ pub fn run_all(
     seeds: u32,
     threads: usize,
     progress: &(dyn Fn(usize, usize, &str) + Sync),
-) -> Vec<RunResult> {
+) -> Runs {
     let mut jobs: Vec<(usize, usize, u32)> = Vec::new();
     for s in 0..scenarios.len() {
         for p in 0..policies.len() {
@@ -142,13 +171,23 @@ pub fn run_all(
             seed: cluster.seed.wrapping_add(u64::from(k)),
             ..cluster.clone()
         };
+        let label = format!("{} / {} / seed {k}", scenarios[s].name, policies[p].name());
+        if policies[p] == PolicyKind::Oracle {
+            let f = oracle::Foresight::new(&scenarios[s], &cfg);
+            let frontier: Vec<RunResult> =
+                oracle::plans().into_iter().map(|pl| f.run(pl)).collect();
+            let row = oracle_row(&frontier);
+            return ((s, p, k, row, frontier), label);
+        }
         let r = engine::run(&scenarios[s], policies[p], &cfg);
-        (
-            (s, p, k, r),
-            format!("{} / {} / seed {k}", scenarios[s].name, policies[p].name()),
-        )
+        ((s, p, k, Some(r), Vec::new()), label)
     };
     let mut v = parallel(&jobs, threads, &run, progress);
-    v.sort_by_key(|(s, p, k, _)| (*s, *p, *k));
-    v.into_iter().map(|(_, _, _, r)| r).collect()
+    v.sort_by_key(|(s, p, k, _, _)| (*s, *p, *k));
+    let mut out = Runs::default();
+    for (_, _, _, r, f) in v {
+        out.results.extend(r);
+        out.frontier.extend(f);
+    }
+    out
 }

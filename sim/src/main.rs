@@ -464,7 +464,11 @@ fn run(a: &RunArgs) -> ExitCode {
         );
         let _ = std::io::stderr().flush();
     };
-    let tuned = [PolicyKind::KedaTuned, PolicyKind::WarmPool, PolicyKind::CronHpa];
+    let tuned = [
+        PolicyKind::KedaTuned,
+        PolicyKind::WarmPool,
+        PolicyKind::CronHpa,
+    ];
     let grids = if policies.iter().any(|p| tuned.contains(p)) {
         let g = headroom_sim::tune_all(&mut scenarios, &cluster, threads, &progress);
         eprintln!();
@@ -472,22 +476,27 @@ fn run(a: &RunArgs) -> ExitCode {
     } else {
         vec![Vec::new(); scenarios.len()]
     };
-    let results = headroom_sim::run_all(
-        &scenarios,
-        &policies,
-        &cluster,
-        a.seeds,
-        threads,
-        &progress,
-    );
+    let runs = headroom_sim::run_all(&scenarios, &policies, &cluster, a.seeds, threads, &progress);
     eprintln!();
-    let rows = report::rows(&results);
+    let results = &runs.results;
+    let rows = report::rows(results);
+    let frontier_rows = report::frontier_rows(&runs.frontier);
+    let beaten = report::beats_frontier(results, &runs.frontier);
     if let Err(e) = std::fs::create_dir_all(&a.out) {
         return fail(format!("--out {}: {e}", a.out.display()));
     }
     let csv_path = a.out.join("results.csv");
     if let Err(e) = std::fs::write(&csv_path, report::csv(&rows)) {
         return fail(format!("cannot write {}: {e}", csv_path.display()));
+    }
+    let frontier_path = a.out.join("frontier.json");
+    match serde_json::to_string_pretty(&frontier_rows) {
+        Ok(j) => {
+            if let Err(e) = std::fs::write(&frontier_path, j) {
+                return fail(format!("cannot write {}: {e}", frontier_path.display()));
+            }
+        }
+        Err(e) => return fail(e),
     }
     for sc in &scenarios {
         let rs: Vec<_> = results
@@ -546,9 +555,28 @@ fn run(a: &RunArgs) -> ExitCode {
         print!("{}", report::prewarm_effect(&rows));
     }
     println!();
+    if !runs.frontier.is_empty() {
+        println!();
+        println!(
+            "Oracle frontier (perfect foresight; the efficient plans, all in {}):",
+            frontier_path.display()
+        );
+        print!("{}", report::frontier_table(&frontier_rows));
+        if beaten.is_empty() {
+            println!("No policy beats the frontier on both axes on any seed.");
+        } else {
+            println!("BEATS THE FRONTIER (as cheap and as fast as no oracle plan):");
+            for (t, p, seed, cost, p95) in &beaten {
+                println!("  {t} {p} seed {seed}: cost ${cost:.2}, p95 {p95:.0} s");
+            }
+        }
+    }
+    println!();
     println!("Targets, Headroom without prewarmed nodes (paired by seed):");
     for sc in &scenarios {
-        for (claim, met) in report::targets(&rows, &sc.name, sc.name == "poisson_spikes") {
+        for (claim, met) in
+            report::targets(&rows, &runs.frontier, &sc.name, sc.name == "poisson_spikes")
+        {
             println!(
                 "  {:<20} {} {claim}",
                 sc.name,
