@@ -11,11 +11,14 @@
 //! - [`engine`]: the queue, the policies, one run;
 //! - [`prewarm`]: the provisioner's real `plan()` driving nodes ahead of demand;
 //! - [`oracle`]: perfect foresight, a cost–p95 frontier no policy should beat;
+//! - [`forecast_eval`]: the forecaster against persistence and seasonal-naive, as planned
+//!   mode uses it (the maximum over the lead window);
 //! - [`tune`]: the tuning split, keda-tuned's grid, the warm pool's rule;
 //! - [`report`]: table, CSV, JSON, SVG, the targets.
 
 pub mod cluster;
 pub mod engine;
+pub mod forecast_eval;
 pub mod generate;
 pub mod oracle;
 pub mod prewarm;

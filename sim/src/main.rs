@@ -32,6 +32,19 @@ enum Command {
     /// The forecaster's error at the lead time against seasonal-naive (same time yesterday /
     /// last week), on `--trace` or on every real trace.
     Backtest(BacktestArgs),
+    /// The forecaster against persistence and seasonal-naive on what the planner uses (the
+    /// largest rate over the lead window) at leads of 1, 5 and 10 minutes, on the held-out part
+    /// of every scenario (or of `--trace`, as `headroom-sim --trace` would run it).
+    ForecastEval {
+        #[command(flatten)]
+        input: TraceArgs,
+        /// Multiply the trace's arrivals by this.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Regenerates the shipped synthetic traces from their seed.
     Generate {
         #[arg(long, default_value_os_t = scenarios::traces_dir())]
@@ -189,6 +202,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Generate { out }) => generate(&out),
         Some(Command::Backtest(b)) => run_backtest(&b),
+        Some(Command::ForecastEval { input, scale, json }) => forecast_eval(&input, scale, json),
         None => run(&cli.run),
     }
 }
@@ -283,6 +297,78 @@ fn run_backtest(b: &BacktestArgs) -> ExitCode {
     }
     if b.json {
         println!("{}", serde_json::Value::Array(out));
+    }
+    ExitCode::SUCCESS
+}
+
+fn forecast_eval(input: &TraceArgs, scale: f64, json: bool) -> ExitCode {
+    let scenarios = match load(input) {
+        Err(e) => return fail(e),
+        Ok(Some(t)) => {
+            let name = t.name.clone();
+            let mut v = match scenarios::synthetic() {
+                Ok(v) => v,
+                Err(e) => return fail(e),
+            };
+            // Any scenario's shape will do: only the trace and the split matter here.
+            let Some(mut sc) = v.pop() else {
+                return fail("no scenario");
+            };
+            sc.name = name;
+            sc.trace = t.scaled(scale);
+            vec![sc]
+        }
+        Ok(None) => {
+            let mut v = match scenarios::synthetic() {
+                Ok(v) => v,
+                Err(e) => return fail(e),
+            };
+            match scenarios::real() {
+                Ok(r) => v.extend(r),
+                Err(e) => return fail(e),
+            }
+            v
+        }
+    };
+    let mut out = Vec::new();
+    for sc in &scenarios {
+        for lead in headroom_sim::forecast_eval::LEADS {
+            match headroom_sim::forecast_eval::evaluate(sc, lead) {
+                Some(r) => out.push(r),
+                None => eprintln!(
+                    "{}: no held-out window after a day of history at lead {lead} s",
+                    sc.name
+                ),
+            }
+        }
+    }
+    if json {
+        return match serde_json::to_string_pretty(&out) {
+            Ok(j) => {
+                println!("{j}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    println!(
+        "{:<20} {:>6} {:>6} {:>17} {:>17} {:>17}  best",
+        "trace", "lead", "bin", "model WAPE/under", "persistence", "seasonal-naive"
+    );
+    for r in &out {
+        let f = |s: &headroom_sim::forecast_eval::MaxScore| {
+            format!("{:>6.1}% / {:>5.1}%", s.wape * 100.0, s.under_share * 100.0)
+        };
+        println!(
+            "{:<20} {:>5.0}s {:>5}s {:>17} {:>17} {:>17}  {}",
+            r.trace,
+            r.lead_seconds,
+            r.bin_seconds,
+            f(&r.model),
+            f(&r.persistence),
+            f(&r.seasonal_naive),
+            r.best()
+        );
     }
     ExitCode::SUCCESS
 }
