@@ -1,31 +1,47 @@
-//! The cluster model: KEDA, the HPA, pods that need GPU nodes, nodes that take minutes to boot
-//! and pull their image, consolidation, prices.
+//! The cluster model: KEDA, the HPA, pods that need GPU nodes, nodes that take minutes to boot,
+//! per-node image state (a node holds the workload's image only once a real pod or a pre-pull
+//! on it pulled it), consolidation, prices.
 
 use std::collections::VecDeque;
 
 use crate::rng::Rng;
+use crate::workload::{ArrivalModel, DEFAULT_SERVICE_CV, ServiceSpread};
 
 /// The cluster model's knobs (all have flags in the binary).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ClusterConfig {
     /// GPU node boot to Ready, uniform range in seconds (provisioning.md: 80-120 s).
     pub boot_seconds: (f64, f64),
-    /// Image pull on a fresh node, uniform range in seconds (provisioning.md: a 15-20 GB CUDA
-    /// image pulls in 4-6 minutes).
+    /// The workload image's pull on a node that lacks it, uniform range in seconds
+    /// (provisioning.md: a 15-20 GB CUDA image pulls in 4-6 minutes). Paid when the first real
+    /// pod lands on the node (or at Ready with `prepull`), not at launch: a node brought up for
+    /// pause pods or by the provisioner holds no image of the workload's.
     pub pull_seconds: (f64, f64),
+    /// A pre-pull DaemonSet on the GPU NodePool (kube-fledged's pattern, provisioning.md):
+    /// every node starts pulling the workload image as soon as it is Ready, so warm capacity is
+    /// image-warm. Off by default: nothing in Headroom or the baselines ships one.
+    pub prepull: bool,
     /// Container start and model load on a node that has the image, seconds.
     pub pod_start_seconds: f64,
-    /// Karpenter's batching of pending pods before it launches, seconds.
-    pub launch_delay_seconds: f64,
+    /// Karpenter's provisioning batch window: after the first unschedulable pod it waits
+    /// until no new one has appeared for `batch_idle_seconds` (`BATCH_IDLE_DURATION`, 1 s), or
+    /// `batch_max_seconds` (`BATCH_MAX_DURATION`, 10 s) have passed, then launches for all.
+    pub batch_idle_seconds: f64,
+    pub batch_max_seconds: f64,
     pub gpus_per_node: u32,
-    /// An empty node is removed after this long (Karpenter `consolidateAfter`, plus its
-    /// reaction time).
+    /// An empty node Karpenter launched is removed after this long (the NodePool's
+    /// `consolidateAfter`, plus its reaction time); a policy may override it per run
+    /// (keda-tuned tunes it).
     pub consolidate_after_seconds: f64,
     /// $ per node-hour.
     pub on_demand_price: f64,
     pub spot_price: f64,
     /// Share of nodes launched as spot (interruptions are not modelled).
     pub spot_share: f64,
+    /// The workload's side of a run, here so that one seed drives all of it: where a bin's
+    /// jobs fall within it, and how service times spread around each bin's mean.
+    pub arrivals: ArrivalModel,
+    pub service_spread: ServiceSpread,
     pub seed: u64,
 }
 
@@ -34,14 +50,20 @@ impl Default for ClusterConfig {
         Self {
             boot_seconds: (80.0, 120.0),
             pull_seconds: (240.0, 360.0),
+            prepull: false,
             pod_start_seconds: 20.0,
-            launch_delay_seconds: 2.0,
+            batch_idle_seconds: 1.0,
+            batch_max_seconds: 10.0,
             gpus_per_node: 1,
             consolidate_after_seconds: 30.0,
             // Illustrative single-GPU (A10G-class) prices, $/hour.
             on_demand_price: 1.006,
             spot_price: 0.40,
             spot_share: 0.0,
+            arrivals: ArrivalModel::Poisson,
+            service_spread: ServiceSpread::Lognormal {
+                cv: DEFAULT_SERVICE_CV,
+            },
             seed: 1,
         }
     }
@@ -50,7 +72,7 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     /// The longest time from a pod's creation to Ready on a new node.
     pub fn worst_pod_latency(&self) -> f64 {
-        self.launch_delay_seconds
+        self.batch_max_seconds
             + self.boot_seconds.1
             + self.pull_seconds.1
             + self.pod_start_seconds
@@ -75,7 +97,13 @@ struct Pod {
 struct Node {
     /// Stable across removals (indices are not).
     id: u64,
+    /// Ready (booted, kubelet registered); the image is separate.
     ready_at: f64,
+    /// This node's pull of the workload image, seconds (drawn at launch).
+    pull: f64,
+    /// When the node holds the workload image: `None` until a real pod (or the pre-pull) on it
+    /// starts pulling; the kubelet keeps it from then on.
+    image_at: Option<f64>,
     used: u32,
     pause: u32,
     spot: bool,
@@ -107,7 +135,10 @@ pub struct Cluster {
     /// Placeholder (pause) pods wanted, and how many are bound.
     pause_wanted: u32,
     next_id: u64,
+    /// Karpenter's open batch: when it opened, and when the shortfall last grew.
     pending_since: Option<f64>,
+    last_growth: f64,
+    last_short: u32,
     pub node_seconds: f64,
     pub cost: f64,
     pub idle_gpu_seconds: f64,
@@ -125,6 +156,8 @@ impl Cluster {
             pause_wanted: 0,
             next_id: 0,
             pending_since: None,
+            last_growth: 0.0,
+            last_short: 0,
             node_seconds: 0.0,
             cost: 0.0,
             idle_gpu_seconds: 0.0,
@@ -193,10 +226,12 @@ impl Cluster {
         bound + pending.min(booting_free)
     }
 
-    /// The provisioner creates `n` nodes now (NodeClaims: they boot like any other node).
-    pub fn create_owned(&mut self, now: f64, n: u32) {
+    /// The provisioner creates `n` nodes now (NodeClaims: they boot like any other node and
+    /// hold no image of the workload's unless `prepull`, or the cluster's pre-pull DaemonSet,
+    /// pulls it at Ready).
+    pub fn create_owned(&mut self, now: f64, n: u32, prepull: bool) {
         for _ in 0..n {
-            self.launch(now);
+            self.launch(now, prepull || self.cfg.prepull);
             if let Some(node) = self.nodes.last_mut() {
                 node.owned = true;
                 node.last_needed = now;
@@ -261,7 +296,16 @@ impl Cluster {
         }
     }
 
-    fn launch(&mut self, now: f64) {
+    /// Nodes currently holding the workload image (for tests and reports).
+    pub fn image_warm_nodes(&self, now: f64) -> u32 {
+        self.nodes
+            .iter()
+            .filter(|n| n.image_at.is_some_and(|t| t <= now))
+            .count() as u32
+    }
+
+    /// Launches one node; `prepull`: it pulls the workload image as soon as it is Ready.
+    fn launch(&mut self, now: f64, prepull: bool) {
         let boot = self
             .rng
             .uniform(self.cfg.boot_seconds.0, self.cfg.boot_seconds.1);
@@ -270,9 +314,12 @@ impl Cluster {
             .uniform(self.cfg.pull_seconds.0, self.cfg.pull_seconds.1);
         let spot = self.rng.f64() < self.cfg.spot_share;
         self.next_id += 1;
+        let ready_at = now + boot;
         self.nodes.push(Node {
             id: self.next_id,
-            ready_at: now + self.cfg.launch_delay_seconds + boot + pull,
+            ready_at,
+            pull,
+            image_at: prepull.then_some(ready_at + pull),
             used: 0,
             pause: 0,
             spot,
@@ -311,21 +358,29 @@ impl Cluster {
                 p.state = PodState::Ready;
             }
         }
-        // Bind pending pods to ready nodes with a free GPU (preempting pause pods).
+        // Bind pending pods to ready nodes with a free GPU, preempting pause pods only where
+        // nothing is free (the scheduler's order); among those, nodes that hold the image first
+        // (the scheduler's ImageLocality score), then nodes already pulling it.
         let start = self.cfg.pod_start_seconds;
         for i in 0..self.pods.len() {
             if self.pods[i].state != PodState::Pending {
                 continue;
             }
-            let free = self
-                .nodes
-                .iter()
-                .position(|n| n.ready_at <= now && n.used + n.pause < g)
-                .or_else(|| {
-                    self.nodes
-                        .iter()
-                        .position(|n| n.ready_at <= now && n.used < g && n.pause > 0)
-                });
+            let image_rank = |n: &Node| match n.image_at {
+                Some(t) if t <= now => 0,
+                Some(_) => 1,
+                None => 2,
+            };
+            let pick = |fits: &dyn Fn(&Node) -> bool| {
+                self.nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| n.ready_at <= now && fits(n))
+                    .min_by_key(|(_, n)| image_rank(n))
+                    .map(|(k, _)| k)
+            };
+            let free = pick(&|n: &Node| n.used + n.pause < g)
+                .or_else(|| pick(&|n: &Node| n.used < g && n.pause > 0));
             if let Some(k) = free {
                 let n = &mut self.nodes[k];
                 if n.used + n.pause >= g {
@@ -333,9 +388,13 @@ impl Cluster {
                 }
                 n.used += 1;
                 n.empty_since = None;
+                // The first real pod on a node without the image pulls it; later ones wait
+                // for that pull, then start.
+                let pull = n.pull;
+                let image_at = *n.image_at.get_or_insert(now + pull);
                 self.pods[i] = Pod {
                     state: PodState::Starting {
-                        ready_at: now + start,
+                        ready_at: image_at.max(now) + start,
                     },
                     node: Some(k),
                 };
@@ -372,7 +431,7 @@ impl Cluster {
             .iter()
             .filter(|p| p.state == PodState::Pending)
             .count() as u32
-            + (self.pause_wanted - bound_pause);
+            + self.pause_wanted.saturating_sub(bound_pause);
         let booting_free: u32 = self
             .nodes
             .iter()
@@ -382,14 +441,22 @@ impl Cluster {
         let short = pending.saturating_sub(booting_free);
         if short > 0 {
             let since = *self.pending_since.get_or_insert(now);
-            if now - since >= 0.0 {
+            if short > self.last_short || now == since {
+                self.last_growth = now;
+            }
+            self.last_short = short;
+            let idle = now - self.last_growth >= self.cfg.batch_idle_seconds;
+            let full = now - since >= self.cfg.batch_max_seconds;
+            if idle || full {
                 for _ in 0..short.div_ceil(g) {
-                    self.launch(now);
+                    self.launch(now, self.cfg.prepull);
                 }
                 self.pending_since = None;
+                self.last_short = 0;
             }
         } else {
             self.pending_since = None;
+            self.last_short = 0;
         }
         // Consolidation of empty ready nodes, except the provisioner's (held from disruption;
         // it removes them itself).
@@ -587,7 +654,8 @@ mod tests {
         let mut c = Cluster::new(ClusterConfig {
             boot_seconds: (100.0, 100.0),
             pull_seconds: (50.0, 50.0),
-            launch_delay_seconds: 0.0,
+            batch_idle_seconds: 0.0,
+            batch_max_seconds: 0.0,
             ..ClusterConfig::default()
         });
         c.scale_to(2);
@@ -614,10 +682,11 @@ mod tests {
         let mut c = Cluster::new(ClusterConfig {
             boot_seconds: (10.0, 10.0),
             pull_seconds: (0.0, 0.0),
-            launch_delay_seconds: 0.0,
+            batch_idle_seconds: 0.0,
+            batch_max_seconds: 0.0,
             ..ClusterConfig::default()
         });
-        c.create_owned(0.0, 2);
+        c.create_owned(0.0, 2, false);
         let mut t = 0.0;
         // Empty and ready for far longer than consolidateAfter: Karpenter leaves them alone.
         while t < 200.0 {
@@ -642,7 +711,8 @@ mod tests {
     #[test]
     fn pods_karpenter_is_launching_for_count_as_placed_elsewhere() {
         let mut c = Cluster::new(ClusterConfig {
-            launch_delay_seconds: 0.0,
+            batch_idle_seconds: 0.0,
+            batch_max_seconds: 0.0,
             ..ClusterConfig::default()
         });
         c.scale_to(3);
@@ -651,5 +721,105 @@ mod tests {
         assert_eq!((c.nodes(), c.placed_elsewhere(1.0)), (3, 3));
         c.scale_to(5);
         assert_eq!(c.placed_elsewhere(1.0), 3);
+    }
+
+    fn fixed_times(prepull: bool) -> ClusterConfig {
+        ClusterConfig {
+            boot_seconds: (100.0, 100.0),
+            pull_seconds: (300.0, 300.0),
+            batch_idle_seconds: 0.0,
+            batch_max_seconds: 0.0,
+            prepull,
+            ..ClusterConfig::default()
+        }
+    }
+
+    /// Steps until `ready` pods are Ready; returns the second it happened.
+    fn until_ready(c: &mut Cluster, mut t: f64, ready: u32) -> f64 {
+        while c.ready_pods() < ready {
+            c.step(t, 0.0);
+            t += 1.0;
+            assert!(t < 5000.0, "never ready");
+        }
+        t
+    }
+
+    #[test]
+    fn a_pause_pod_node_holds_no_image_so_the_first_real_pod_pays_the_pull() {
+        let mut c = Cluster::new(fixed_times(false));
+        c.set_pause_pods(1);
+        let mut t = 0.0;
+        while t < 200.0 {
+            c.step(t, 0.0);
+            t += 1.0;
+        }
+        assert_eq!((c.nodes(), c.image_warm_nodes(t)), (1, 0));
+        // The real pod preempts the pause pod at once, then pulls (300 s) and starts (20 s).
+        c.set_pause_pods(0);
+        c.scale_to(1);
+        let ready = until_ready(&mut c, t, 1);
+        assert!((ready - t - 320.0).abs() <= 2.0, "{}", ready - t);
+        assert_eq!(c.image_warm_nodes(ready), 1);
+    }
+
+    #[test]
+    fn a_node_that_ran_the_image_keeps_it_for_the_next_pod() {
+        let mut c = Cluster::new(ClusterConfig {
+            consolidate_after_seconds: 1000.0,
+            ..fixed_times(false)
+        });
+        c.scale_to(1);
+        let t = until_ready(&mut c, 0.0, 1);
+        // Boot 100 s, pull 300 s, start 20 s.
+        assert!((420.0..=422.0).contains(&t), "{t}");
+        c.scale_to(0);
+        c.step(t, 0.0);
+        c.scale_to(1);
+        let again = until_ready(&mut c, t + 1.0, 1);
+        assert!(again - t <= 23.0, "{}", again - t);
+    }
+
+    #[test]
+    fn prepulled_nodes_and_claims_are_image_warm_before_any_pod_lands() {
+        let mut c = Cluster::new(fixed_times(true));
+        c.set_pause_pods(1);
+        let mut t = 0.0;
+        while t < 450.0 {
+            c.step(t, 0.0);
+            t += 1.0;
+        }
+        assert_eq!(c.image_warm_nodes(t), 1);
+        c.set_pause_pods(0);
+        c.scale_to(1);
+        let ready = until_ready(&mut c, t, 1);
+        assert!(ready - t <= 22.0, "{}", ready - t);
+        // A NodeClaim asks for the pre-pull itself, on a cluster without the DaemonSet.
+        let mut c = Cluster::new(fixed_times(false));
+        c.create_owned(0.0, 1, true);
+        c.create_owned(0.0, 1, false);
+        assert_eq!(c.image_warm_nodes(401.0), 1);
+    }
+
+    #[test]
+    fn karpenter_batches_pods_until_none_arrive_for_the_idle_window_or_the_max_passes() {
+        // Pods that keep arriving every second hold the batch open until the 10 s maximum.
+        let mut c = Cluster::new(ClusterConfig::default());
+        for t in 0..30 {
+            c.scale_to(t + 1);
+            c.step(f64::from(t), 0.0);
+            if c.nodes() > 0 {
+                assert_eq!(t, 10, "launched at {t}");
+                assert_eq!(c.nodes(), 11);
+                break;
+            }
+        }
+        assert!(c.nodes() > 0);
+        // One pod alone: launched once the 1 s idle window has passed.
+        let mut c = Cluster::new(ClusterConfig::default());
+        c.scale_to(1);
+        c.step(0.0, 0.0);
+        assert_eq!(c.nodes(), 0);
+        c.step(1.0, 0.0);
+        assert_eq!(c.nodes(), 1);
     }
 }

@@ -13,9 +13,10 @@ use headroom_scaler::schedule::Schedule;
 use headroom_sim::cluster::ClusterConfig;
 use headroom_sim::engine::{PolicyKind, Scenario};
 use headroom_sim::prewarm::PrewarmSettings;
-use headroom_sim::report::{self, Row};
+use headroom_sim::report;
 use headroom_sim::scenarios;
 use headroom_sim::trace::{Format, Trace, parse_csv};
+use headroom_sim::workload::{ArrivalModel, DEFAULT_SERVICE_CV, ServiceSpread};
 
 #[derive(Parser, Debug)]
 #[command(name = "headroom-sim", version, about)]
@@ -31,6 +32,19 @@ enum Command {
     /// The forecaster's error at the lead time against seasonal-naive (same time yesterday /
     /// last week), on `--trace` or on every real trace.
     Backtest(BacktestArgs),
+    /// The forecaster against persistence and seasonal-naive on what the planner uses (the
+    /// largest rate over the lead window) at leads of 1, 5 and 10 minutes, on the held-out part
+    /// of every scenario (or of `--trace`, as `headroom-sim --trace` would run it).
+    ForecastEval {
+        #[command(flatten)]
+        input: TraceArgs,
+        /// Multiply the trace's arrivals by this.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Regenerates the shipped synthetic traces from their seed.
     Generate {
         #[arg(long, default_value_os_t = scenarios::traces_dir())]
@@ -82,9 +96,14 @@ struct RunArgs {
     /// Headroom's `drainSeconds`: a backlog should be gone within this long.
     #[arg(long, default_value_t = 60.0)]
     drain_seconds: f64,
-    /// Pause pods in the fixed warm pool policy.
-    #[arg(long, default_value_t = 2)]
-    warm_pool: u32,
+    /// Pause pods in the fixed warm pool policy (default: the seed's rule, 15 % of the tuning
+    /// part's peak delta).
+    #[arg(long)]
+    warm_pool: Option<u32>,
+    /// The share of each trace, from its start, that tunes the baselines (keda-tuned's grid,
+    /// the warm pool's size); only the rest is reported. 0: no split, nothing tuned.
+    #[arg(long, default_value_t = headroom_sim::tune::TUNING_SHARE)]
+    tuning_share: f64,
     /// Multiply the trace's arrivals by this.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
@@ -98,6 +117,11 @@ struct RunArgs {
     pull_min: f64,
     #[arg(long, default_value_t = 360.0)]
     pull_max: f64,
+    /// A pre-pull DaemonSet on the GPU nodes: every node pulls the workload image at Ready, so
+    /// pause-pod and prewarmed nodes are image-warm (default: off; the first real pod on a node
+    /// pays the pull).
+    #[arg(long)]
+    prepull: bool,
     /// Container start + model load seconds.
     #[arg(long, default_value_t = 20.0)]
     pod_start: f64,
@@ -113,8 +137,24 @@ struct RunArgs {
     /// Share of nodes launched as spot, 0-1.
     #[arg(long, default_value_t = 0.0)]
     spot_share: f64,
+    /// The first seed (arrivals within bins, node boot and pull times).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seeds per row: `--seed`, `--seed`+1, …; each row is the mean and 95 % interval
+    /// across them.
+    #[arg(long, default_value_t = 5)]
+    seeds: u32,
+    /// Where a trace bin's jobs fall within it: `poisson` (uniform times given the count,
+    /// seeded) or `even` (a fluid spread evenly, the first model).
+    #[arg(long, value_enum, default_value_t = ArrivalModel::Poisson)]
+    arrivals: ArrivalModel,
+    /// Service-time spread around each bin's mean: `lognormal` (CV `--service-cv`),
+    /// `uniform` (U(0.5 S, 1.5 S), the first model) or `fixed`.
+    #[arg(long, value_enum, default_value_t = SpreadKind::Lognormal)]
+    service_dist: SpreadKind,
+    /// The lognormal's coefficient of variation.
+    #[arg(long, default_value_t = DEFAULT_SERVICE_CV)]
+    service_cv: f64,
     /// `headroom+prewarm`'s PrewarmPolicy: `scaleDownAfter` in seconds (idle capacity the
     /// provisioner created goes after this long unneeded).
     #[arg(long, default_value_t = 600.0)]
@@ -145,6 +185,13 @@ struct RunArgs {
     out: PathBuf,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SpreadKind {
+    Lognormal,
+    Uniform,
+    Fixed,
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("headroom-sim: {msg}");
     ExitCode::from(64)
@@ -155,6 +202,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Generate { out }) => generate(&out),
         Some(Command::Backtest(b)) => run_backtest(&b),
+        Some(Command::ForecastEval { input, scale, json }) => forecast_eval(&input, scale, json),
         None => run(&cli.run),
     }
 }
@@ -253,6 +301,78 @@ fn run_backtest(b: &BacktestArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn forecast_eval(input: &TraceArgs, scale: f64, json: bool) -> ExitCode {
+    let scenarios = match load(input) {
+        Err(e) => return fail(e),
+        Ok(Some(t)) => {
+            let name = t.name.clone();
+            let mut v = match scenarios::synthetic() {
+                Ok(v) => v,
+                Err(e) => return fail(e),
+            };
+            // Any scenario's shape will do: only the trace and the split matter here.
+            let Some(mut sc) = v.pop() else {
+                return fail("no scenario");
+            };
+            sc.name = name;
+            sc.trace = t.scaled(scale);
+            vec![sc]
+        }
+        Ok(None) => {
+            let mut v = match scenarios::synthetic() {
+                Ok(v) => v,
+                Err(e) => return fail(e),
+            };
+            match scenarios::real() {
+                Ok(r) => v.extend(r),
+                Err(e) => return fail(e),
+            }
+            v
+        }
+    };
+    let mut out = Vec::new();
+    for sc in &scenarios {
+        for lead in headroom_sim::forecast_eval::LEADS {
+            match headroom_sim::forecast_eval::evaluate(sc, lead) {
+                Some(r) => out.push(r),
+                None => eprintln!(
+                    "{}: no held-out window after a day of history at lead {lead} s",
+                    sc.name
+                ),
+            }
+        }
+    }
+    if json {
+        return match serde_json::to_string_pretty(&out) {
+            Ok(j) => {
+                println!("{j}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    println!(
+        "{:<20} {:>6} {:>6} {:>17} {:>17} {:>17}  best",
+        "trace", "lead", "bin", "model WAPE/under", "persistence", "seasonal-naive"
+    );
+    for r in &out {
+        let f = |s: &headroom_sim::forecast_eval::MaxScore| {
+            format!("{:>6.1}% / {:>5.1}%", s.wape * 100.0, s.under_share * 100.0)
+        };
+        println!(
+            "{:<20} {:>5.0}s {:>5}s {:>17} {:>17} {:>17}  {}",
+            r.trace,
+            r.lead_seconds,
+            r.bin_seconds,
+            f(&r.model),
+            f(&r.persistence),
+            f(&r.seasonal_naive),
+            r.best()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
     let mut bad = Vec::new();
     let mut range = |name: &str, lo: f64, hi: f64| {
@@ -280,6 +400,12 @@ fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
             a.spot_share
         ));
     }
+    if !(a.service_cv.is_finite() && a.service_cv > 0.0 && a.service_cv <= 10.0) {
+        bad.push(format!(
+            "--service-cv: {} is not a coefficient of variation in (0, 10]",
+            a.service_cv
+        ));
+    }
     if a.gpus_per_node == 0 {
         bad.push("--gpus-per-node: must be ≥ 1".into());
     }
@@ -300,12 +426,19 @@ fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
     Ok(ClusterConfig {
         boot_seconds: (a.boot_min, a.boot_max),
         pull_seconds: (a.pull_min, a.pull_max),
+        prepull: a.prepull,
         pod_start_seconds: a.pod_start,
         gpus_per_node: a.gpus_per_node,
         consolidate_after_seconds: a.consolidate_after,
         on_demand_price: a.on_demand_price,
         spot_price: a.spot_price,
         spot_share: a.spot_share,
+        arrivals: a.arrivals,
+        service_spread: match a.service_dist {
+            SpreadKind::Lognormal => ServiceSpread::Lognormal { cv: a.service_cv },
+            SpreadKind::Uniform => ServiceSpread::Uniform,
+            SpreadKind::Fixed => ServiceSpread::Fixed,
+        },
         seed: a.seed,
         ..ClusterConfig::default()
     })
@@ -344,7 +477,16 @@ fn run(a: &RunArgs) -> ExitCode {
     if policies.is_empty() {
         policies = PolicyKind::ALL.to_vec();
     }
-    let scenarios: Vec<Scenario> = match load(&a.input) {
+    if a.seeds == 0 || a.seeds > 100 {
+        return fail(format!("--seeds: {} is not in 1..=100", a.seeds));
+    }
+    if !(0.0..0.95).contains(&a.tuning_share) {
+        return fail(format!(
+            "--tuning-share: {} is not in [0, 0.95)",
+            a.tuning_share
+        ));
+    }
+    let mut scenarios: Vec<Scenario> = match load(&a.input) {
         Err(e) => return fail(e),
         Ok(Some(t)) => {
             if let Some(s) = &a.schedule
@@ -366,6 +508,8 @@ fn run(a: &RunArgs) -> ExitCode {
                 declare_service_time: true,
                 counters: false,
                 warm_pool: a.warm_pool,
+                keda_tuning: headroom_sim::tune::KedaTuning::default(),
+                tuning_share: a.tuning_share,
                 drain_seconds: a.drain_seconds,
                 prewarm: prewarm.clone(),
             }]
@@ -383,6 +527,10 @@ fn run(a: &RunArgs) -> ExitCode {
             }
             for sc in &mut v {
                 sc.prewarm = prewarm.clone();
+                sc.tuning_share = a.tuning_share;
+                if a.warm_pool.is_some() {
+                    sc.warm_pool = a.warm_pool;
+                }
             }
             v
         }
@@ -402,9 +550,24 @@ fn run(a: &RunArgs) -> ExitCode {
         );
         let _ = std::io::stderr().flush();
     };
-    let results = headroom_sim::run_all(&scenarios, &policies, &cluster, threads, &progress);
+    let tuned = [
+        PolicyKind::KedaTuned,
+        PolicyKind::WarmPool,
+        PolicyKind::CronHpa,
+    ];
+    let grids = if policies.iter().any(|p| tuned.contains(p)) {
+        let g = headroom_sim::tune_all(&mut scenarios, &cluster, threads, &progress);
+        eprintln!();
+        g
+    } else {
+        vec![Vec::new(); scenarios.len()]
+    };
+    let runs = headroom_sim::run_all(&scenarios, &policies, &cluster, a.seeds, threads, &progress);
     eprintln!();
-    let rows: Vec<Row> = results.iter().map(Row::from).collect();
+    let results = &runs.results;
+    let rows = report::rows(results);
+    let frontier_rows = report::frontier_rows(&runs.frontier);
+    let beaten = report::beats_frontier(results, &runs.frontier);
     if let Err(e) = std::fs::create_dir_all(&a.out) {
         return fail(format!("--out {}: {e}", a.out.display()));
     }
@@ -412,8 +575,20 @@ fn run(a: &RunArgs) -> ExitCode {
     if let Err(e) = std::fs::write(&csv_path, report::csv(&rows)) {
         return fail(format!("cannot write {}: {e}", csv_path.display()));
     }
+    let frontier_path = a.out.join("frontier.json");
+    match serde_json::to_string_pretty(&frontier_rows) {
+        Ok(j) => {
+            if let Err(e) = std::fs::write(&frontier_path, j) {
+                return fail(format!("cannot write {}: {e}", frontier_path.display()));
+            }
+        }
+        Err(e) => return fail(e),
+    }
     for sc in &scenarios {
-        let rs: Vec<_> = results.iter().filter(|r| r.scenario == sc.name).collect();
+        let rs: Vec<_> = results
+            .iter()
+            .filter(|r| r.scenario == sc.name && r.seed == cluster.seed)
+            .collect();
         let path = a.out.join(format!("{}.svg", sc.name));
         let load = sc.service_seconds / f64::from(sc.concurrency);
         if let Err(e) = std::fs::write(&path, report::svg(&sc.name, &rs, load)) {
@@ -427,16 +602,67 @@ fn run(a: &RunArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    println!(
+        "Means over {} seeds ({}..={}) ± the half-width of their 95 % interval:",
+        a.seeds.max(1),
+        cluster.seed,
+        cluster.seed + u64::from(a.seeds.max(1)) - 1
+    );
     print!("{}", report::table(&rows));
+    if policies.contains(&PolicyKind::KedaTuned) {
+        println!();
+        println!(
+            "Against keda-tuned, paired by seed (mean difference [95 % interval]; inside it: tie):"
+        );
+        print!("{}", report::against_keda_tuned(&rows));
+    }
+    println!();
+    println!(
+        "Held-out results: each trace's first {:.0} % tunes the baselines and is not reported.",
+        a.tuning_share * 100.0
+    );
+    println!("Baselines as tuned on that part (keda-tuned's grid; warm-pool by the seed's rule):");
+    for (sc, grid) in scenarios.iter().zip(&grids) {
+        let k = sc.keda_tuning;
+        println!(
+            "  {:<20} consolidateAfter {:>4} s, minReplicaCount {}, warm pool {} pods{}",
+            sc.name,
+            k.consolidate_after_seconds
+                .unwrap_or(cluster.consolidate_after_seconds),
+            k.min_replicas,
+            sc.warm_pool
+                .unwrap_or_else(|| headroom_sim::tune::warm_pool_rule(sc)),
+            if grid.is_empty() { " (not tuned)" } else { "" }
+        );
+    }
     if policies.contains(&PolicyKind::Headroom) && policies.contains(&PolicyKind::HeadroomPrewarm) {
         println!();
         println!("Prewarming (headroom → headroom+prewarm):");
         print!("{}", report::prewarm_effect(&rows));
     }
     println!();
-    println!("Targets (issue 4), Headroom without prewarmed nodes:");
+    if !runs.frontier.is_empty() {
+        println!();
+        println!(
+            "Oracle frontier (perfect foresight; the efficient plans, all in {}):",
+            frontier_path.display()
+        );
+        print!("{}", report::frontier_table(&frontier_rows));
+        if beaten.is_empty() {
+            println!("No policy beats the frontier on both axes on any seed.");
+        } else {
+            println!("BEATS THE FRONTIER (as cheap and as fast as no oracle plan):");
+            for (t, p, seed, cost, p95) in &beaten {
+                println!("  {t} {p} seed {seed}: cost ${cost:.2}, p95 {p95:.0} s");
+            }
+        }
+    }
+    println!();
+    println!("Targets, Headroom without prewarmed nodes (paired by seed):");
     for sc in &scenarios {
-        for (claim, met) in report::targets(&rows, &sc.name, sc.name == "poisson_spikes") {
+        for (claim, met) in
+            report::targets(&rows, &runs.frontier, &sc.name, sc.name == "poisson_spikes")
+        {
             println!(
                 "  {:<20} {} {claim}",
                 sc.name,

@@ -34,6 +34,9 @@ pub struct PrewarmSettings {
     pub max_hourly_cost: Option<f64>,
     /// How often the controller plans, seconds (`--resync-interval`, default 10 s).
     pub reconcile_seconds: f64,
+    /// NodeClaims pre-pull the workload image at Ready (not shipped: off by default, so a
+    /// prewarmed node's first pod pays the pull).
+    pub prepull: bool,
 }
 
 impl Default for PrewarmSettings {
@@ -45,6 +48,7 @@ impl Default for PrewarmSettings {
             max_gpus: None,
             max_hourly_cost: None,
             reconcile_seconds: 10.0,
+            prepull: false,
         }
     }
 }
@@ -164,7 +168,7 @@ impl Prewarm {
         let ids = |v: &[String]| -> Vec<u64> { v.iter().filter_map(|s| s.parse().ok()).collect() };
         cluster.hold(&ids(&p.needed), now);
         self.stats.nodes_removed += u64::from(cluster.remove_owned(&ids(&p.remove)));
-        cluster.create_owned(now, p.create);
+        cluster.create_owned(now, p.create, self.settings.prepull);
         self.stats.plans += 1;
         self.stats.nodes_created += u64::from(p.create);
         self.stats.plans_at_limit += u64::from(p.limited_by.is_some());

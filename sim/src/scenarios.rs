@@ -40,7 +40,9 @@ fn scenario(name: &str, trace: Trace, service: f64, concurrency: u32, max: u32) 
         timezone: None,
         declare_service_time: true,
         counters: false,
-        warm_pool: 2,
+        warm_pool: None,
+        keda_tuning: crate::tune::KedaTuning::default(),
+        tuning_share: crate::tune::TUNING_SHARE,
         drain_seconds: 60.0,
         prewarm: crate::prewarm::PrewarmSettings::default(),
     }
@@ -60,7 +62,6 @@ pub fn synthetic() -> Result<Vec<Scenario>, TraceError> {
     );
     s.schedule = Some("0 8 * * 1-5 for 10h = 6; 30 11 * * 1-5 for 90m = 14".into());
     s.timezone = Some("Europe/Berlin".into());
-    s.warm_pool = 4;
     out.push(s);
 
     let mut s = scenario(
