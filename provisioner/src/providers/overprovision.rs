@@ -34,6 +34,9 @@ use crate::overprovision::{deployment, priority_class};
 use crate::plan::Millis;
 use crate::provider::{CapacityProvider, CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
 
+/// Writes of the placeholder Deployment tried before a Conflict is returned.
+const WRITE_ATTEMPTS: u32 = 3;
+
 /// The last `create` token applied to a placeholder Deployment.
 pub const TOKEN_ANNOTATION: &str = "headroom.dev/create-token";
 /// The ReplicaSet deletes pods with a lower cost first (when their phase and readiness tie).
@@ -325,25 +328,38 @@ impl CapacityProvider for OverprovisionProvider {
             return Ok(Vec::new());
         }
         let name = deployment_name(policy);
-        let current = self
-            .deployments(policy)
-            .get_opt(&name)
-            .await
-            .map_err(|e| api_error(e, "Deployment", &name))?;
-        let applied = current
-            .as_ref()
-            .and_then(|d| d.metadata.annotations.as_ref())
-            .and_then(|a| a.get(TOKEN_ANNOTATION))
-            .is_some_and(|t| *t == request.token);
-        if applied {
-            return Ok(Vec::new());
+        // The Deployment controller writes the object too (revision, status): a write that
+        // raced it answers Conflict, and is redone from a fresh read (the token makes a write
+        // that did land count once).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self
+                .deployments(policy)
+                .get_opt(&name)
+                .await
+                .map_err(|e| api_error(e, "Deployment", &name))?;
+            let applied = current
+                .as_ref()
+                .and_then(|d| d.metadata.annotations.as_ref())
+                .and_then(|a| a.get(TOKEN_ANNOTATION))
+                .is_some_and(|t| *t == request.token);
+            if applied {
+                return Ok(Vec::new());
+            }
+            self.ensure_priority_class().await?;
+            let before = current.as_ref().map_or(0, replicas_of);
+            let replicas = before.saturating_add(request.count);
+            let desired = self.build(policy, request.shape, replicas);
+            match self
+                .write(policy, desired, current.as_ref(), Some(&request.token))
+                .await
+            {
+                Err(ProviderError::Conflict(_)) if attempt < WRITE_ATTEMPTS => continue,
+                other => other?,
+            }
+            break;
         }
-        self.ensure_priority_class().await?;
-        let before = current.as_ref().map_or(0, replicas_of);
-        let replicas = before.saturating_add(request.count);
-        let desired = self.build(policy, request.shape, replicas);
-        self.write(policy, desired, current.as_ref(), Some(&request.token))
-            .await?;
         Ok((0..request.count)
             .map(|i| Unit {
                 id: format!("{PENDING_PREFIX}{name}:{}:{i}", request.token),
@@ -414,20 +430,28 @@ impl CapacityProvider for OverprovisionProvider {
             }
         }
         let name = deployment_name(policy);
-        let Some(current) = self
-            .deployments(policy)
-            .get_opt(&name)
-            .await
-            .map_err(|e| api_error(e, "Deployment", &name))?
-        else {
-            return Ok(());
-        };
-        let replicas = replicas_of(&current).saturating_sub(marked);
-        let mut desired = current.clone();
-        if let Some(spec) = desired.spec.as_mut() {
-            spec.replicas = Some(i32::try_from(replicas).unwrap_or(i32::MAX));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(current) = self
+                .deployments(policy)
+                .get_opt(&name)
+                .await
+                .map_err(|e| api_error(e, "Deployment", &name))?
+            else {
+                return Ok(());
+            };
+            let replicas = replicas_of(&current).saturating_sub(marked);
+            let mut desired = current.clone();
+            if let Some(spec) = desired.spec.as_mut() {
+                spec.replicas = Some(i32::try_from(replicas).unwrap_or(i32::MAX));
+            }
+            // A Conflict wrote nothing: redo it from a fresh read (see `create`).
+            match self.write(policy, desired, Some(&current), None).await {
+                Err(ProviderError::Conflict(_)) if attempt < WRITE_ATTEMPTS => continue,
+                other => return other,
+            }
         }
-        self.write(policy, desired, Some(&current), None).await
     }
 }
 
