@@ -186,11 +186,6 @@ impl Access {
             list.join(", ")
         ))
     }
-
-    /// Whether backends are restricted at all.
-    pub fn restricts_backends(&self) -> bool {
-        self.backends.is_some()
-    }
 }
 
 fn list(s: Option<&str>) -> impl Iterator<Item = &str> {
@@ -204,23 +199,11 @@ impl Rule {
     fn parse(s: &str) -> Result<Self, String> {
         if s.contains("://") {
             let u = normalize_url(s);
-            let rest = u.split_once("://").map(|(_, r)| r).unwrap_or_default();
-            if rest.is_empty() || rest.starts_with('/') {
-                return Err("a URL prefix needs a host".into());
-            }
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let authority = &rest[..end];
+            let authority = split_url(&u).map(|(_, a, _)| a).unwrap_or_default();
             if authority.contains('@') {
                 return Err("a URL prefix may not hold credentials".into());
             }
-            let host = match authority.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or_default(),
-                None => authority.split(':').next().unwrap_or_default(),
-            };
-            let host = normalize_host(host);
-            if host.is_empty() {
-                return Err("a URL prefix needs a host".into());
-            }
+            let host = authority_host(authority).ok_or("a URL prefix needs a host")?;
             return Ok(Rule::UrlPrefix { prefix: u, host });
         }
         if let Some((ip, len)) = s.split_once('/') {
@@ -300,40 +283,16 @@ fn in_cidr(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     }
 }
 
-/// Scheme and authority lower-cased; the path as given.
-fn normalize_url(u: &str) -> String {
-    let u = u.trim();
-    match u.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(end);
-            format!(
-                "{}://{}{}",
-                scheme.to_ascii_lowercase(),
-                authority.to_ascii_lowercase(),
-                path
-            )
-        }
-        None => u.to_string(),
-    }
-}
-
-/// `u` starts with `prefix` and the match ends where a URL part ends: `https://a.com` does not
-/// admit `https://a.com.evil.net/` nor `https://a.com@evil.net/`.
-fn url_has_prefix(u: &str, prefix: &str) -> bool {
-    let Some(rest) = u.strip_prefix(prefix) else {
-        return false;
-    };
-    let boundary = prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?', '#']);
-    boundary && authority_has_no_userinfo(u)
-}
-
-/// The host of an `http(s)://` URL as a client connects to it; `None` when it has none, or has
-/// user info (`https://allowed@evil/`), which no backend URL needs.
-pub fn url_host(u: &str) -> Option<String> {
-    let (_, rest) = u.trim().split_once("://")?;
+/// A URL's scheme, authority and the rest (path, query, fragment), as given.
+fn split_url(u: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = u.split_once("://")?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..end];
+    Some((scheme, &rest[..end], &rest[end..]))
+}
+
+/// The host an authority names (no brackets, lower case); `None` when it names none, or holds
+/// user info (`allowed@evil`), which no backend URL needs.
+fn authority_host(authority: &str) -> Option<String> {
     if authority.contains(['@', '\\']) {
         return None;
     }
@@ -345,6 +304,35 @@ pub fn url_host(u: &str) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Scheme and authority lower-cased; the path as given.
+fn normalize_url(u: &str) -> String {
+    let u = u.trim();
+    match split_url(u) {
+        Some((scheme, authority, rest)) => format!(
+            "{}://{}{rest}",
+            scheme.to_ascii_lowercase(),
+            authority.to_ascii_lowercase()
+        ),
+        None => u.to_string(),
+    }
+}
+
+/// `u` starts with `prefix` and the match ends where a URL part ends: `https://a.com` does not
+/// admit `https://a.com.evil.net/` nor `https://a.com@evil.net/`.
+fn url_has_prefix(u: &str, prefix: &str) -> bool {
+    let Some(rest) = u.strip_prefix(prefix) else {
+        return false;
+    };
+    let boundary = prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?', '#']);
+    boundary && split_url(u).is_none_or(|(_, authority, _)| !authority.contains('@'))
+}
+
+/// The host of an `http(s)://` URL as a client connects to it; `None` when it has none, or has
+/// user info.
+pub fn url_host(u: &str) -> Option<String> {
+    split_url(u.trim()).and_then(|(_, authority, _)| authority_host(authority))
+}
+
 /// The host of a `host:port` (or `[v6]:port`) server.
 pub fn server_host(s: &str) -> String {
     let s = s.trim();
@@ -353,12 +341,6 @@ pub fn server_host(s: &str) -> String {
         None => s.rsplit_once(':').map_or(s, |(h, _)| h),
     };
     normalize_host(host)
-}
-
-fn authority_has_no_userinfo(u: &str) -> bool {
-    let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    !rest[..end].contains('@')
 }
 
 #[cfg(test)]
@@ -394,7 +376,6 @@ mod tests {
     #[test]
     fn without_an_allow_list_any_backend_may_be_named() {
         let a = Access::default();
-        assert!(!a.restricts_backends());
         assert_eq!(a.check_backend(&ep("address", "evil.example", None)), None);
     }
 

@@ -99,10 +99,6 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         self.entries.retain(|k, (v, _)| keep(k, v));
         metrics::cache_entries(self.name, self.entries.len());
     }
-
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.entries.values().map(|(v, _)| v)
-    }
 }
 
 #[cfg(test)]

@@ -70,10 +70,7 @@ mod tests {
                 .with("endpoint", "redis:6379/0")
                 .with("key", "jobs")
                 .hash(),
-            QueueIdentity::new("redis-list")
-                .with("endpoint", "redis:6379/0")
-                .with("key", "jobs")
-                .hash()
+            0x7a0092a860a2e3db
         );
     }
 

@@ -108,7 +108,7 @@ pub fn describe() {
         CACHE_EVICTIONS,
         "Entries dropped from a bounded per-target cache (idle or over its capacity), by cache."
     );
-    gauge!(BUILD_INFO, "component" => "scaler", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    refresh();
 }
 
 pub fn rpc(rpc: &'static str, source: Option<SourceKind>, code: tonic::Code, elapsed: Duration) {

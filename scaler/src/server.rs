@@ -418,6 +418,7 @@ pub async fn start(
                         observations.sweep(idle);
                         observations.backends().kafka.sweep(idle);
                         observations.backends().redis.sweep();
+                        observations.backends().celery_unacked.sweep();
                         observations.backends().secrets.sweep(crate::secrets::IDLE_WATCH);
                         // Planners hold a queue's learned history: kept for a day without calls
                         // (a ScaledObject paused overnight keeps its forecast).

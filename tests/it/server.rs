@@ -20,15 +20,19 @@ fn scaler_bin() -> PathBuf {
     workspace_bin("headroom-scaler")
 }
 
-#[tokio::test]
-async fn health_is_serving_then_not_serving_on_shutdown() {
-    let (s, _c) = start_scaler(ServeConfig::local()).await.unwrap();
+async fn health_client(s: &headroom_scaler::server::Running) -> HealthClient<Channel> {
     let channel = Channel::from_shared(format!("http://{}", s.grpc_addr))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut health = HealthClient::new(channel);
+    HealthClient::new(channel)
+}
+
+#[tokio::test]
+async fn health_is_serving_then_not_serving_on_shutdown() {
+    let (s, _c) = start_scaler(ServeConfig::local()).await.unwrap();
+    let mut health = health_client(&s).await;
     let service = "externalscaler.ExternalScaler".to_string();
     let status = health
         .check(HealthCheckRequest {
@@ -525,12 +529,7 @@ async fn shutdown_keeps_answering_through_the_drain_with_health_not_serving() {
     let mut config = ServeConfig::local();
     config.drain_delay = Duration::from_millis(1500);
     let (s, mut c) = start_scaler(config).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", s.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = health_client(&s).await;
     let m = md(&[("source", "celery"), ("address", &redis.address())]);
     assert_eq!(poll(&mut c, &m).await.unwrap().value, 0.0);
     let stopping = Instant::now();
@@ -547,8 +546,8 @@ async fn shutdown_keeps_answering_through_the_drain_with_health_not_serving() {
     assert_eq!(status, ServingStatus::NotServing as i32);
     // Calls racing the endpoint's removal still succeed during the drain.
     assert_eq!(poll(&mut c, &m).await.unwrap().value, 0.0);
-    let ready = reqwest_status(s.metrics_addr, "/readyz").await;
-    assert_eq!(ready, 503);
+    let ready = http_get(s.metrics_addr.port(), "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     drop(health);
     drop(c);
     tokio::time::timeout(Duration::from_secs(10), s.wait())
@@ -560,22 +559,4 @@ async fn shutdown_keeps_answering_through_the_drain_with_health_not_serving() {
         "stopped before the drain ended: {:?}",
         stopping.elapsed()
     );
-}
-
-/// The status code of a plain HTTP GET.
-async fn reqwest_status(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    sock.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap()
 }

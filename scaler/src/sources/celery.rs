@@ -12,6 +12,7 @@ use redis::Script;
 
 use super::redis_conn::{RedisEndpoint, RedisPool, classify};
 use super::{Depth, SourceError, WatchSpec, show_key};
+use crate::cache::BoundedMap;
 use crate::metadata::{Problem, Reader};
 
 /// Keys of this source.
@@ -359,7 +360,8 @@ pub const UNACKED_TTL: Duration = Duration::from_secs(5);
 /// The shortest interval between two counts of one database.
 pub const UNACKED_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Databases whose counts are kept; the least recently used beyond this are dropped.
+/// Databases whose counts are kept; the least recently used beyond this are dropped (and idle
+/// ones after ten minutes).
 pub const MAX_UNACKED_DATABASES: usize = 256;
 
 /// In-flight (prefetched, unacknowledged) tasks per routing key, for one database.
@@ -384,48 +386,38 @@ type UnackedSlot = Arc<tokio::sync::Mutex<Option<Counted>>>;
 
 /// Unacked counts shared by every Celery query of a database ([`UNACKED_TTL`]); concurrent
 /// askers of a stale count wait for one scan instead of starting their own.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UnackedCounts {
-    slots: std::sync::Mutex<std::collections::HashMap<UnackedKey, (Instant, UnackedSlot)>>,
+    slots: std::sync::Mutex<BoundedMap<UnackedKey, UnackedSlot>>,
+}
+
+impl Default for UnackedCounts {
+    fn default() -> Self {
+        Self {
+            slots: std::sync::Mutex::new(BoundedMap::new(
+                "celery_unacked_counts",
+                MAX_UNACKED_DATABASES,
+                Duration::from_secs(600),
+            )),
+        }
+    }
 }
 
 impl UnackedCounts {
-    /// Databases counted now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<UnackedKey, (Instant, UnackedSlot)>>
-    {
+    /// Drops the counts of databases nobody read for ten minutes; returns how many.
+    pub fn sweep(&self) -> usize {
         self.slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sweep()
     }
 
     fn slot(&self, key: &UnackedKey) -> UnackedSlot {
-        let mut slots = self.lock();
-        let now = Instant::now();
-        if let Some((used, slot)) = slots.get_mut(key) {
-            *used = now;
-            return slot.clone();
-        }
-        if slots.len() >= MAX_UNACKED_DATABASES
-            && let Some(oldest) = slots
-                .iter()
-                .min_by_key(|(_, (used, _))| *used)
-                .map(|(k, _)| k.clone())
-        {
-            slots.remove(&oldest);
-        }
-        let slot = UnackedSlot::default();
-        slots.insert(key.clone(), (now, slot.clone()));
-        slot
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(key, UnackedSlot::default)
+            .clone()
     }
 
     /// The database's counts, given the unacked index's `size` now (see [`UNACKED_TTL`]).

@@ -429,18 +429,6 @@ impl RedisPool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .sweep()
     }
-
-    /// Connections held now.
-    pub fn len(&self) -> usize {
-        self.managers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Turns a Redis client error into the source error that says what the operator must fix.
