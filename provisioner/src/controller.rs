@@ -1341,17 +1341,7 @@ mod tests {
     use super::*;
 
     fn unit(id: &str) -> Unit {
-        Unit {
-            id: id.into(),
-            node_name: None,
-            instance_type: "g5.xlarge".into(),
-            ready: false,
-            created_at: 0,
-            ready_at: None,
-            last_needed: 0,
-            hourly_price: 0.0,
-            gpus: None,
-        }
+        crate::provider::fixtures::unit(id, "g5.xlarge")
     }
 
     #[test]

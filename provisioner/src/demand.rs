@@ -450,13 +450,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_https_demand_service_is_verified_against_the_ca_bundle_and_answers() {
-        let addr = tls_demand_service().await;
-        let tls = DemandTls {
-            ca_pem: CA.to_vec(),
-            identity: None,
-        };
+    /// What the Demand stream to `addr` over `tls` holds after its first event.
+    async fn first_over_tls(tls: DemandTls, addr: std::net::SocketAddr) -> Latest {
         let (streams, mut wake) = DemandStreams::new(Some(tls));
         let key = ("ns".to_string(), "p".to_string());
         let watch = watch_at(format!("https://localhost:{}", addr.port()));
@@ -464,7 +459,17 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), wake.recv())
             .await
             .unwrap();
-        let latest = streams.ensure(&key, &watch);
+        streams.ensure(&key, &watch)
+    }
+
+    #[tokio::test]
+    async fn an_https_demand_service_is_verified_against_the_ca_bundle_and_answers() {
+        let addr = tls_demand_service().await;
+        let tls = DemandTls {
+            ca_pem: CA.to_vec(),
+            identity: None,
+        };
+        let latest = first_over_tls(tls, addr).await;
         let (answer, _) = latest.answer.expect("an answer over TLS");
         assert_eq!(answer.desired_replicas, 3, "{:?}", latest.error);
     }
@@ -477,14 +482,7 @@ mod tests {
             ca_pem: include_bytes!("../testdata/demand-tls/other-ca.pem").to_vec(),
             identity: None,
         };
-        let (streams, mut wake) = DemandStreams::new(Some(tls));
-        let key = ("ns".to_string(), "p".to_string());
-        let watch = watch_at(format!("https://localhost:{}", addr.port()));
-        streams.ensure(&key, &watch);
-        tokio::time::timeout(Duration::from_secs(10), wake.recv())
-            .await
-            .unwrap();
-        let latest = streams.ensure(&key, &watch);
+        let latest = first_over_tls(tls, addr).await;
         assert!(latest.answer.is_none());
         assert!(latest.error.is_some());
     }

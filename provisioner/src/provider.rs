@@ -211,3 +211,36 @@ pub trait CapacityProvider: Send + Sync {
     /// Remove `ids`, each idle. Already gone is success.
     async fn remove(&self, policy: &PolicyRef, ids: &[String]) -> Result<(), ProviderError>;
 }
+
+/// Values the unit tests of several modules build.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::Unit;
+    use crate::crd::InstanceType;
+
+    /// An instance type with `gpus` GPUs and an optional hourly price.
+    pub fn instance_type(name: &str, gpus: u32, price: Option<f64>) -> InstanceType {
+        InstanceType {
+            name: name.into(),
+            gpus,
+            cpu: "7".into(),
+            memory: "30Gi".into(),
+            hourly_price: price,
+        }
+    }
+
+    /// A unit that is not ready, of `instance_type` (empty: not yet known).
+    pub fn unit(id: &str, instance_type: &str) -> Unit {
+        Unit {
+            id: id.into(),
+            node_name: None,
+            instance_type: instance_type.into(),
+            ready: false,
+            created_at: 0,
+            ready_at: None,
+            last_needed: 0,
+            hourly_price: 0.0,
+            gpus: None,
+        }
+    }
+}

@@ -514,15 +514,7 @@ mod tests {
         }
     }
 
-    fn it(name: &str, gpus: u32, price: Option<f64>) -> InstanceType {
-        InstanceType {
-            name: name.into(),
-            gpus,
-            cpu: "7".into(),
-            memory: "30Gi".into(),
-            hourly_price: price,
-        }
-    }
+    use crate::provider::fixtures::instance_type as it;
 
     fn spec(types: Vec<InstanceType>) -> KarpenterSpec {
         KarpenterSpec {

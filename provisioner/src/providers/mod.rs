@@ -292,15 +292,7 @@ impl CapacityProvider for Timed {
 mod tests {
     use super::*;
 
-    fn it(name: &str, gpus: u32, price: Option<f64>) -> InstanceType {
-        InstanceType {
-            name: name.into(),
-            gpus,
-            cpu: "7".into(),
-            memory: "30Gi".into(),
-            hourly_price: price,
-        }
-    }
+    use crate::provider::fixtures::instance_type as it;
 
     #[test]
     fn a_fleet_of_several_types_counts_the_most_gpus_and_the_highest_price() {
@@ -333,17 +325,7 @@ mod tests {
             worst: worst_of(&[&a, &b]),
             catalog: vec![a.clone(), b.clone()],
         };
-        let unit = |ty: &str| Unit {
-            id: "u".into(),
-            node_name: None,
-            instance_type: ty.into(),
-            ready: false,
-            created_at: 0,
-            ready_at: None,
-            last_needed: 0,
-            hourly_price: 0.0,
-            gpus: None,
-        };
+        let unit = |ty: &str| crate::provider::fixtures::unit("u", ty);
         let known = built.cost_of(&unit("g5.xlarge"));
         assert_eq!((known.gpus, known.hourly_price), (Some(1), Some(1.006)));
         let unknown = built.cost_of(&unit(""));
