@@ -94,6 +94,13 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         evicted
     }
 
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        let v = self.entries.remove(key).map(|(v, _)| v);
+        metrics::cache_entries(self.name, self.entries.len());
+        v
+    }
+
     /// Drops entries for which `keep` is false.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         self.entries.retain(|k, (v, _)| keep(k, v));

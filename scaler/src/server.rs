@@ -417,6 +417,7 @@ pub async fn start(
                         let idle = Duration::from_secs(600);
                         observations.sweep(idle);
                         observations.backends().kafka.sweep(idle);
+                        observations.backends().sqs.sweep();
                         observations.backends().redis.sweep();
                         observations.backends().celery_unacked.sweep();
                         observations.backends().secrets.sweep(crate::secrets::IDLE_WATCH);

@@ -21,6 +21,7 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::{Depth, SourceError, cause};
+use crate::cache::BoundedMap;
 use crate::metadata::{Plain, Problem, Reader};
 use crate::secrets::{Credential, Secrets};
 
@@ -664,15 +665,26 @@ fn xml_field(body: &str, name: &str) -> Option<String> {
     Some(body[start..start + len].trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// SQS clients, one per (region, endpoint, identity), and the URLs of queues given by name.
+/// Most SQS clients kept (one per region, endpoint and identity), and how long an unused one is.
+pub const MAX_CLIENTS: usize = 256;
+pub const IDLE_CLIENT: Duration = Duration::from_secs(600);
+/// Most queue URLs remembered (queues given by name), and how long an unused one is.
+pub const MAX_URLS: usize = 4_096;
+pub const IDLE_URL: Duration = Duration::from_secs(600);
+
+type MadeWith = (Option<ResolvedKeys>, aws_sdk_sqs::Client);
+
+/// SQS clients, one per (region, endpoint, identity), and the URLs of queues given by name:
+/// both bounded and idle-evicted (their keys come from callers' metadata).
 #[derive(Debug)]
 pub struct SqsClients {
     timeout: Duration,
     secrets: Arc<Secrets>,
     /// Each client with the static keys it was made with: other ones (a rotated Secret) need
-    /// a new client.
-    clients: tokio::sync::Mutex<HashMap<ClientKey, (Option<ResolvedKeys>, aws_sdk_sqs::Client)>>,
-    urls: std::sync::Mutex<HashMap<SqsQuery, String>>,
+    /// a new client. A std mutex, held only to look up or insert: a client is built (which may
+    /// load AWS configuration) outside it, so one slow build never stalls every SQS read.
+    clients: std::sync::Mutex<BoundedMap<ClientKey, MadeWith>>,
+    urls: std::sync::Mutex<BoundedMap<SqsQuery, String>>,
 }
 
 impl Default for SqsClients {
@@ -687,9 +699,24 @@ impl SqsClients {
         Self {
             timeout,
             secrets: Arc::default(),
-            clients: tokio::sync::Mutex::default(),
-            urls: std::sync::Mutex::default(),
+            clients: std::sync::Mutex::new(BoundedMap::new(
+                "sqs_clients",
+                MAX_CLIENTS,
+                IDLE_CLIENT,
+            )),
+            urls: std::sync::Mutex::new(BoundedMap::new("sqs_queue_urls", MAX_URLS, IDLE_URL)),
         }
+    }
+
+    /// Drops clients and URLs unused for their idle time.
+    pub fn sweep(&self) -> usize {
+        self.lock_clients().sweep() + self.lock_urls().sweep()
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, BoundedMap<ClientKey, MadeWith>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Resolves `...Secret` keys through `secrets` (shared with the other sources).
@@ -698,9 +725,9 @@ impl SqsClients {
         self
     }
 
-    /// Number of clients made so far.
+    /// Number of clients kept.
     pub async fn len(&self) -> usize {
-        self.clients.lock().await.len()
+        self.lock_clients().len()
     }
 
     pub async fn is_empty(&self) -> bool {
@@ -716,13 +743,19 @@ impl SqsClients {
                 session_token: self.secrets.resolve_opt(k.session_token.as_ref()).await?,
             }),
         };
-        let mut clients = self.clients.lock().await;
-        if let Some((made_with, c)) = clients.get(key)
+        if let Some((made_with, c)) = self.lock_clients().get(key)
             && *made_with == keys
         {
             return Ok(c.clone());
         }
         let client = self.build(key, keys.as_ref()).await;
+        let mut clients = self.lock_clients();
+        // Built meanwhile by another read with the same keys: that one is kept.
+        if let Some((made_with, c)) = clients.get(key)
+            && *made_with == keys
+        {
+            return Ok(c.clone());
+        }
         if clients
             .insert(key.clone(), (keys, client.clone()))
             .is_some()
@@ -786,8 +819,8 @@ impl SqsClients {
         client: &aws_sdk_sqs::Client,
         q: &SqsQuery,
     ) -> Result<String, SourceError> {
-        if let Some(url) = self.lock_urls().get(q) {
-            return Ok(url.clone());
+        if let Some(url) = self.lock_urls().get(q).cloned() {
+            return Ok(url);
         }
         let out = client
             .get_queue_url()
@@ -810,7 +843,7 @@ impl SqsClients {
         self.lock_urls().remove(q);
     }
 
-    fn lock_urls(&self) -> std::sync::MutexGuard<'_, HashMap<SqsQuery, String>> {
+    fn lock_urls(&self) -> std::sync::MutexGuard<'_, BoundedMap<SqsQuery, String>> {
         self.urls
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

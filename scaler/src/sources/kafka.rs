@@ -1185,7 +1185,11 @@ impl Handle {
     }
 }
 
-/// librdkafka handles, one per (cluster, group).
+/// Most librdkafka handles kept at once: each holds threads (one per broker, plus its own) and
+/// broker connections, and their keys come from callers' metadata.
+pub const MAX_HANDLES: usize = 128;
+
+/// librdkafka handles, one per (cluster, group), at most [`MAX_HANDLES`].
 #[derive(Debug)]
 pub struct KafkaClients {
     timeout: Duration,
@@ -1237,6 +1241,7 @@ impl KafkaClients {
                     .elapsed()
                     < idle
         });
+        crate::metrics::cache_entries("kafka_clients", handles.len());
         before - handles.len()
     }
 
@@ -1276,6 +1281,33 @@ impl KafkaClients {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
             return Ok(h.clone());
         }
+        if !handles.contains_key(&key) && handles.len() >= MAX_HANDLES {
+            // Room is made by closing the least recently used handle no read holds; a handle
+            // in use stays (closing it would not free its threads).
+            let oldest = handles
+                .iter()
+                .filter(|(_, h)| Arc::strong_count(h) == 1)
+                .min_by_key(|(_, h)| {
+                    *h.last_used
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                })
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    handles.remove(&k);
+                    crate::metrics::cache_evicted("kafka_clients", 1);
+                }
+                None => {
+                    return Err(SourceError::Backend {
+                        endpoint: q.label(),
+                        source: cause(format!(
+                            "{MAX_HANDLES} Kafka clients (cluster and consumer group pairs) are in use at once; try again"
+                        )),
+                    });
+                }
+            }
+        }
         let consumer: BaseConsumer<Context> = self
             .config(q, &resolved)
             .create_with_context(Context::default())
@@ -1296,6 +1328,7 @@ impl KafkaClients {
                 "kafka credentials changed; new client"
             );
         }
+        crate::metrics::cache_entries("kafka_clients", handles.len());
         Ok(h)
     }
 
