@@ -30,6 +30,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Boundaries;
 use crate::crd::{Condition, ForecastStatus, PrewarmPolicy, PrewarmPolicyStatus};
 use crate::demand::{DemandStreams, Latest, PolicyKey, Watch};
 use crate::karpenter::POLICY_LABEL;
@@ -83,6 +84,8 @@ pub struct Context {
     started_ms: Millis,
     /// Caps across every policy (`--max-total-*`).
     caps: Caps,
+    /// What policies may name.
+    boundaries: Boundaries,
     /// What each policy holds (with what its last plan created), for the caps: planning and
     /// recording a policy's share happen under this lock, so two policies reconciled at once
     /// cannot both take the last room.
@@ -111,6 +114,8 @@ pub struct Settings {
     pub identity: String,
     /// Caps across every policy this loop watches (`--max-total-*`).
     pub caps: Caps,
+    /// What policies may name (`--allowed-*`, `--workload-namespaces`).
+    pub boundaries: Boundaries,
     /// Checked right before every provider write: nothing is written once the Lease may
     /// have passed to another replica.
     pub leadership: Leadership,
@@ -192,6 +197,7 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         recorded_ready: Mutex::new(HashSet::new()),
         started_ms: now_ms(),
         caps: settings.caps,
+        boundaries: settings.boundaries,
         tally: Mutex::new(HashMap::new()),
         policies: policy_reader.clone(),
         leadership: settings.leadership.clone(),
@@ -392,6 +398,23 @@ async fn observe_and_act(
             return Ok(resync);
         }
     };
+
+    // What the policy names must be what the operator allows: no capacity otherwise.
+    let refused = ctx.boundaries.check(policy);
+    if !refused.is_empty() {
+        let message = refused.join("; ");
+        c.set("Allowed", false, "NotAllowed", message.clone());
+        c.set("Ready", false, "NotAllowed", message.clone());
+        // The Warning event comes with the condition's transition (write_status).
+        ctx.demand.stop(&key);
+        return Ok(resync);
+    }
+    c.set(
+        "Allowed",
+        true,
+        "Allowed",
+        "everything the policy names is allowed by the operator",
+    );
 
     // The ScaledObject and its scale target's pod template give the shape.
     let so_name = &spec.scaled_object_ref.name;
@@ -933,13 +956,35 @@ fn record_usage(ctx: &Context, key: &PolicyKey, usage: Usage) {
     metrics::cluster_usage(&total_of(&tally, &ctx.policies));
 }
 
+/// The provider of `policy`'s mode for listing and removing what it holds
+/// ([`providers::for_cleanup`]), unless that would send requests where the operator does not
+/// allow: an EC2 endpoint off the list gets none, clean-up and counting included (nothing was
+/// created through an endpoint that was never allowed).
+async fn listing_provider(
+    ctx: &Context,
+    policy: &PrewarmPolicy,
+) -> Option<Box<dyn crate::provider::CapacityProvider>> {
+    let ns = policy.namespace().unwrap_or_default();
+    if policy.spec.mode == crate::crd::CapacityMode::Ec2
+        && let Some(endpoint) = policy.spec.ec2.as_ref().and_then(|e| e.endpoint.as_deref())
+        && !ctx.boundaries.ec2_endpoint_allowed(&ns, endpoint)
+    {
+        tracing::warn!(
+            namespace = %ns, policy = %policy.name_any(), endpoint,
+            "its EC2 endpoint is not allowed: no request is sent there"
+        );
+        return None;
+    }
+    providers::for_cleanup(&ctx.client, policy).await
+}
+
 /// Counts what a policy holds that this pass could not plan for (its ScaledObject or shape is
 /// missing, ...), so the caps across policies still see it: its units by their instance type
 /// where the spec lists it, and as of unknown size otherwise. Not counted (and so holding every
 /// creation under a cap back) while that listing fails.
 async fn count_unplanned(policy: &PrewarmPolicy, ctx: &Context) {
     let key = key_of(policy);
-    let Some(provider) = providers::for_cleanup(&ctx.client, policy).await else {
+    let Some(provider) = listing_provider(ctx, policy).await else {
         record_usage(ctx, &key, Usage::default());
         return;
     };
@@ -1312,7 +1357,7 @@ async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error>
     if ctx.dry_run {
         return Ok(Action::await_change());
     }
-    let Some(provider) = providers::for_cleanup(&ctx.client, policy).await else {
+    let Some(provider) = listing_provider(ctx, policy).await else {
         return Ok(Action::await_change());
     };
     let pref = PolicyRef {

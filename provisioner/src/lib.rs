@@ -1,6 +1,7 @@
 //! headroom-provisioner: turns the scaler's forecast of replicas into GPU capacity ahead of
 //! demand.
 //!
+//! - [`admin`]: what the operator lets policies name (NodePools, templates, endpoints, …);
 //! - [`crd`]: the `PrewarmPolicy` resource (`headroom.dev/v1alpha1`);
 //! - [`plan`]: the pure planner — forecast, pod shape, capacity and limits in, capacity wanted out;
 //! - [`shape`]: the workload pod's shape, read from its pod template;
@@ -10,6 +11,7 @@
 //! - [`controller`]: the reconcile loop; [`leader`]: Lease-based leader election;
 //! - [`serve`]: the process (HTTP endpoints, election, the loop while leading), [`metrics`].
 
+pub mod admin;
 pub mod controller;
 pub mod crd;
 pub mod demand;

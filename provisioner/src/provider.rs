@@ -130,6 +130,10 @@ pub enum ProviderError {
     /// The object changed under us (HTTP 409): re-read and retried.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The operator does not allow what the policy asks for (a PriorityClass that is not
+    /// negative, a value outside the allow-lists). Not retried until the policy changes.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     /// Credentials missing, expired or not allowed to do this.
     #[error("not authorized: {0}")]
     Unauthorized(String),
@@ -157,6 +161,7 @@ impl ProviderError {
             ProviderError::Throttled(_) => "Throttled",
             ProviderError::Conflict(_) => "Conflict",
             ProviderError::Unauthorized(_) => "Unauthorized",
+            ProviderError::NotAllowed(_) => "NotAllowed",
             ProviderError::Other(_) => "ProviderError",
         }
     }
@@ -168,6 +173,7 @@ impl ProviderError {
             ProviderError::Missing { .. }
                 | ProviderError::NoFit(_)
                 | ProviderError::Unauthorized(_)
+                | ProviderError::NotAllowed(_)
         )
     }
 }

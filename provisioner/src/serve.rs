@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use headroom_common::parse_duration;
 
+use crate::admin::{AllowList, Boundaries};
 use crate::controller::{self, Settings};
 use crate::demand::DemandTls;
 use crate::leader::{self, Leadership, LeaseConfig};
@@ -76,6 +77,31 @@ pub struct ServeArgs {
     /// PEM private key of --demand-cert-file.
     #[arg(long, env = "HEADROOM_DEMAND_KEY_FILE", requires = "demand_cert_file")]
     pub demand_key_file: Option<String>,
+    /// NodePools that `mode: karpenter` policies may name: `name` (any namespace),
+    /// `namespace/name`, `namespace/*` or `*`, comma-separated. Unset: any.
+    #[arg(long, env = "HEADROOM_ALLOWED_NODE_POOLS", value_delimiter = ',')]
+    pub allowed_node_pools: Option<Vec<String>>,
+    /// Launch templates (id or name) that `mode: ec2` policies may name, as
+    /// --allowed-node-pools. Unset: any.
+    #[arg(long, env = "HEADROOM_ALLOWED_LAUNCH_TEMPLATES", value_delimiter = ',')]
+    pub allowed_launch_templates: Option<Vec<String>>,
+    /// Subnet ids that `mode: ec2` policies may name, as --allowed-node-pools. Unset: any.
+    #[arg(long, env = "HEADROOM_ALLOWED_SUBNETS", value_delimiter = ',')]
+    pub allowed_subnets: Option<Vec<String>>,
+    /// EC2 endpoint URLs that `spec.ec2.endpoint` may name (`URL` or `namespace=URL`,
+    /// comma-separated). Unset: none — an endpoint receives requests signed with the
+    /// provisioner's AWS credentials.
+    #[arg(long, env = "HEADROOM_ALLOWED_EC2_ENDPOINTS", value_delimiter = ',')]
+    pub allowed_ec2_endpoints: Option<Vec<String>>,
+    /// PriorityClasses that `mode: overprovision` policies may name, as --allowed-node-pools.
+    /// Unset: any; an existing PriorityClass is used only when its value is negative.
+    #[arg(long, env = "HEADROOM_ALLOWED_PRIORITY_CLASSES", value_delimiter = ',')]
+    pub allowed_priority_classes: Option<Vec<String>>,
+    /// Namespaces where Headroom may create pods and Deployments (overprovision placeholders),
+    /// comma-separated, `*` for all; set but empty: none. Unset: any (the chart always sets it
+    /// to the namespaces its Roles grant).
+    #[arg(long, env = "HEADROOM_WORKLOAD_NAMESPACES", value_delimiter = ',')]
+    pub workload_namespaces: Option<Vec<String>>,
 }
 
 /// Validated configuration.
@@ -91,6 +117,8 @@ pub struct Config {
     pub caps: Caps,
     /// TLS of the Demand client, for `https://` addresses.
     pub demand_tls: Option<DemandTls>,
+    /// What policies may name.
+    pub boundaries: Boundaries,
 }
 
 impl Config {
@@ -110,6 +138,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             caps: Caps::default(),
             demand_tls: None,
+            boundaries: Boundaries::default(),
         }
     }
 }
@@ -189,10 +218,43 @@ impl ServeArgs {
         if ca.is_none() && self.demand_ca_file.is_none() && self.demand_cert_file.is_some() {
             errors.push("--demand-cert-file needs --demand-ca-file".into());
         }
+        let mut allow = |flag: &str, v: &Option<Vec<String>>, urls: bool| {
+            v.as_ref()
+                .and_then(|v| match AllowList::parse(flag, v, urls) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                })
+        };
+        let boundaries = Boundaries {
+            node_pools: allow("allowed-node-pools", &self.allowed_node_pools, false),
+            launch_templates: allow(
+                "allowed-launch-templates",
+                &self.allowed_launch_templates,
+                false,
+            ),
+            subnets: allow("allowed-subnets", &self.allowed_subnets, false),
+            ec2_endpoints: allow("allowed-ec2-endpoints", &self.allowed_ec2_endpoints, true)
+                .unwrap_or_default(),
+            priority_classes: allow(
+                "allowed-priority-classes",
+                &self.allowed_priority_classes,
+                false,
+            ),
+            workload_namespaces: self.workload_namespaces.as_ref().map(|v| {
+                v.iter()
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            }),
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(Config {
+            boundaries,
             metrics_addr,
             lease: LeaseConfig {
                 namespace: self.lease_namespace.clone(),
@@ -336,6 +398,7 @@ pub async fn start(
             watch_namespace: config.watch_namespace.clone(),
             identity: config.lease.identity.clone(),
             caps: config.caps,
+            boundaries: config.boundaries.clone(),
             leadership,
             demand_tls: config.demand_tls.clone(),
         };
@@ -368,7 +431,13 @@ pub async fn start(
                     }
                 }
                 stop.cancel();
-                if !ended && tokio::time::timeout(grace, &mut run).await.is_err() {
+                if !ended && !shutdown.is_cancelled() {
+                    // Leadership lost: another replica may act any moment, so what runs here
+                    // stops now, mid-call if need be (a provider write cut short is adopted by
+                    // its token or intent, never repeated).
+                    run.abort();
+                    let _ = run.await;
+                } else if !ended && tokio::time::timeout(grace, &mut run).await.is_err() {
                     tracing::warn!(
                         "reconciles still running after the grace period; stopping anyway"
                     );
@@ -426,7 +495,34 @@ mod tests {
             demand_ca_file: None,
             demand_cert_file: None,
             demand_key_file: None,
+            allowed_node_pools: None,
+            allowed_launch_templates: None,
+            allowed_subnets: None,
+            allowed_ec2_endpoints: None,
+            allowed_priority_classes: None,
+            workload_namespaces: None,
         }
+    }
+
+    #[test]
+    fn allow_lists_are_parsed_and_a_bad_entry_names_its_flag() {
+        let c = args().validate().unwrap();
+        assert_eq!(c.boundaries, Boundaries::default());
+        let mut a = args();
+        a.allowed_node_pools = Some(vec!["ml/gpu".into(), "shared".into()]);
+        a.allowed_ec2_endpoints = Some(vec!["ml=http://moto:5000".into()]);
+        a.workload_namespaces = Some(vec![String::new()]);
+        let c = a.validate().unwrap();
+        let pools = c.boundaries.node_pools.unwrap();
+        assert!(pools.allows("ml", "gpu") && !pools.allows("etl", "gpu"));
+        assert!(c.boundaries.ec2_endpoints.allows("ml", "http://moto:5000"));
+        assert_eq!(c.boundaries.workload_namespaces, Some(vec![]));
+        a.allowed_subnets = Some(vec!["/subnet-1".into()]);
+        let errors = a.validate().unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("--allowed-subnets")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -374,6 +374,8 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
         "scaler.secretAccess.namespaces={ml}",
         "--set",
         "scaler.secretAccess.resourceNames={redis-credentials}",
+        "--set",
+        "provisioner.workloadNamespaces={ml}",
     ]);
     assert!(out.status.success(), "helm install: {out:?}");
 
@@ -418,6 +420,11 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
         ("create", "nodepools.karpenter.sh", None),
         ("delete", "priorityclasses.scheduling.k8s.io", None),
         ("update", "prewarmpolicies.headroom.dev", Some("ml")),
+        // Placeholder writes only in provisioner.workloadNamespaces.
+        ("create", "deployments.apps", Some("etl")),
+        ("update", "deployments.apps", Some("etl")),
+        ("delete", "deployments.apps", Some("etl")),
+        ("patch", "pods", Some("etl")),
         ("update", "leases.coordination.k8s.io", Some("ml")),
         ("patch", "scaledobjects.keda.sh", Some("ml")),
     ];

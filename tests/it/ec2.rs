@@ -426,3 +426,80 @@ async fn throttling_is_throttled_and_a_missing_launch_template_is_missing() {
     // Nothing was created by either.
     assert!(instances(&server).await.is_empty());
 }
+
+/// This host's clock in Unix ms: launch intents are awaited on it.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Issue 13's "nothing twice": CreateFleet runs and its answer is lost, and DescribeInstances
+/// lags behind (both as EC2 can do, made by the proxy). The launch intent, written before the
+/// call, keeps the instances in flight and makes the next create repeat the same request,
+/// which EC2 answers from its `ClientToken` with what already launched.
+#[tokio::test]
+async fn a_lost_create_fleet_answer_and_a_lagging_describe_launch_nothing_twice() {
+    let server = Ec2Server::start().await.unwrap();
+    server.launch_template("gpu-nodes").await.unwrap();
+    let p = provider(&server, &spec(&server, "gpu-nodes", false, 0)).await;
+    let pol = policy("lost");
+    let shape = shape();
+    let t0 = wall_ms();
+
+    server.set_faults(Faults {
+        lose_create_fleet: true,
+        stale_describe: true,
+        ..Faults::default()
+    });
+    let e = p
+        .create(&pol, &request(&shape, 2, "uid-lost-0", t0))
+        .await
+        .unwrap_err();
+    assert!(e.retryable(), "{e}");
+    let launched = instances(&server).await;
+    assert_eq!(launched.len(), 2, "moto ran the lost CreateFleet ({e})");
+    let held = p.holdings(&pol).await.unwrap();
+    assert!(held.units.is_empty(), "DescribeInstances lags: {held:?}");
+    assert_eq!(
+        held.unmaterialised, 2,
+        "the intent's instances are in flight"
+    );
+
+    // A later pass (the controller's view changed: another token, another time, more wanted)
+    // repeats the open decision; EC2 answers with what the lost call launched.
+    server.set_faults(Faults {
+        stale_describe: true,
+        ..Faults::default()
+    });
+    let again = p
+        .create(&pol, &request(&shape, 3, "uid-lost-1", t0 + 5_000))
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = again.iter().map(|u| u.id.clone()).collect();
+    ids.sort();
+    let moto_ids: Vec<_> = launched
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, moto_ids, "the same instances, none new");
+    assert_eq!(instances(&server).await.len(), 2);
+
+    // Once DescribeInstances has caught up, nothing is in flight and a new decision launches.
+    server.set_faults(Faults::default());
+    let held = p.holdings(&pol).await.unwrap();
+    assert_eq!((held.units.len(), held.unmaterialised), (2, 0));
+    let more = p
+        .create(&pol, &request(&shape, 1, "uid-lost-2", t0 + 10_000))
+        .await
+        .unwrap();
+    assert_eq!(more.len(), 1);
+    assert_eq!(instances(&server).await.len(), 3);
+    let creates = server
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("CreateFleet"))
+        .count();
+    assert_eq!(creates, 3, "lost, repeated, new: {:?}", server.calls());
+}

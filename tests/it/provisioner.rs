@@ -304,6 +304,36 @@ async fn the_crd_installs_and_rejects_an_invalid_policy() {
             other => panic!("{what}: accepted or unexpected: {other:?}"),
         }
     }
+
+    // EC2 launch intents live in the policy's annotation: read back as written, cleared, and
+    // never read from or written onto another object of the same name.
+    use headroom_provisioner::provider::PolicyRef;
+    use headroom_provisioner::providers::intent::{Intent, IntentStore, PolicyAnnotation};
+    let typed: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
+    let uid = typed.get("ok").await.unwrap().metadata.uid.unwrap();
+    let store = PolicyAnnotation::new(client.clone());
+    let pref = PolicyRef {
+        namespace: ns.clone(),
+        name: "ok".into(),
+        uid,
+    };
+    assert_eq!(store.read(&pref).await.unwrap(), None);
+    let intent = Intent {
+        token: "uid-2".into(),
+        at: 1_763_980_000_000,
+        count: 3,
+    };
+    store.write(&pref, Some(&intent)).await.unwrap();
+    assert_eq!(store.read(&pref).await.unwrap(), Some(intent.clone()));
+    let stranger = PolicyRef {
+        uid: "another-uid".into(),
+        ..pref.clone()
+    };
+    assert_eq!(store.read(&stranger).await.unwrap(), None);
+    assert!(store.write(&stranger, None).await.is_err());
+    assert_eq!(store.read(&pref).await.unwrap(), Some(intent));
+    store.write(&pref, None).await.unwrap();
+    assert_eq!(store.read(&pref).await.unwrap(), None);
 }
 
 fn json_merge(target: &mut Value, patch: &Value) {
@@ -623,8 +653,69 @@ spec:
     cluster
         .apply(&policy(&ns, "too-big", "huge", &pool, &scaler_addr, limits))
         .unwrap();
+    // What the operator does not allow: another NodePool, a PriorityClass that outranks real
+    // pods, an EC2 endpoint that would receive signed requests.
+    let other_pool = format!("other-{ns}");
+    node_pool(cluster, &other_pool);
+    cluster
+        .apply(&policy(
+            &ns,
+            "not-allowed",
+            "worker",
+            &other_pool,
+            &scaler_addr,
+            limits,
+        ))
+        .unwrap();
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {{name: high-{ns}}}
+value: 1000
+---
+apiVersion: headroom.dev/v1alpha1
+kind: PrewarmPolicy
+metadata: {{name: high-priority, namespace: {ns}}}
+spec:
+  scaledObjectRef: {{name: worker}}
+  demandAddress: "{scaler_addr}"
+  mode: overprovision
+  overprovision: {{priorityClassName: high-{ns}}}
+  limits: {{maxNodes: 4, maxGpus: 4}}
+---
+apiVersion: headroom.dev/v1alpha1
+kind: PrewarmPolicy
+metadata: {{name: own-endpoint, namespace: {ns}}}
+spec:
+  scaledObjectRef: {{name: worker}}
+  demandAddress: "{scaler_addr}"
+  mode: ec2
+  ec2:
+    region: us-east-1
+    launchTemplate: {{id: lt-0123456789abcdef0}}
+    instanceTypes: [{{name: g5.xlarge, gpus: 1, cpu: "4", memory: 16Gi}}]
+    subnetIds: [subnet-1]
+    endpoint: http://127.0.0.1:1
+  limits: {{maxNodes: 4, maxGpus: 4}}
+"#
+        ))
+        .unwrap();
 
-    let running = provisioner(&client, &ns, "solo", false).await;
+    let mut config = headroom_provisioner::Config::local("solo", &ns);
+    config.watch_namespace = Some(ns.to_string());
+    config.boundaries.node_pools = Some(
+        headroom_provisioner::admin::AllowList::parse(
+            "allowed-node-pools",
+            &[format!("{ns}/{pool}")],
+            false,
+        )
+        .unwrap(),
+    );
+    let running = headroom_provisioner::start(config, client.clone(), None)
+        .await
+        .unwrap();
     let api: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
     let m = wait_condition(
         &api,
@@ -657,10 +748,39 @@ spec:
     assert!(m.contains("8 GPU"), "{m}");
     let m = wait_condition(&api, "zero", "LimitReached", "True", "MaxNodes").await;
     assert!(m.contains("0 node"), "{m}");
+    let m = wait_condition(&api, "not-allowed", "Allowed", "False", "NotAllowed").await;
+    assert!(
+        m.contains(&other_pool) && m.contains("--allowed-node-pools"),
+        "{m}"
+    );
+    let m = wait_condition(&api, "own-endpoint", "Allowed", "False", "NotAllowed").await;
+    assert!(
+        m.contains("127.0.0.1:1") && m.contains("--allowed-ec2-endpoints"),
+        "{m}"
+    );
+    let m = wait_condition(&api, "high-priority", "Ready", "False", "NotAllowed").await;
+    assert!(m.contains("value 1000"), "{m}");
+    let placeholders: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    assert!(
+        placeholders
+            .get_opt("high-priority-headroom")
+            .await
+            .unwrap()
+            .is_none(),
+        "a placeholder Deployment under a positive PriorityClass"
+    );
 
     // Give every policy a few passes, then: nothing created by any of them.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    for name in ["no-so", "no-pool", "no-demand", "zero", "too-big"] {
+    for name in [
+        "no-so",
+        "no-pool",
+        "no-demand",
+        "zero",
+        "too-big",
+        "not-allowed",
+    ] {
         assert!(
             claims_of(&client, &ns, name).await.is_empty(),
             "{name} created NodeClaims"
@@ -681,6 +801,7 @@ spec:
         "DemandUnavailable",
         "NoInstanceTypeFits",
         "MaxNodes",
+        "NotAllowed",
     ] {
         assert!(reasons.iter().any(|x| x == r), "event {r} in {reasons:?}");
     }

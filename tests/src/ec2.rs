@@ -8,7 +8,14 @@
 //!   HTTP 200 with an `errorSet` item (`lifecycle` spot, `errorCode`
 //!   `InsufficientInstanceCapacity`) and an empty `fleetInstanceSet`; likewise on-demand when
 //!   asked;
-//! - a throttled action gets HTTP 503 with EC2's error document, code `RequestLimitExceeded`.
+//! - a throttled action gets HTTP 503 with EC2's error document, code `RequestLimitExceeded`;
+//! - with `lose_create_fleet`, a CreateFleet reaches moto (its instances launch) and its
+//!   answer is dropped with the connection: a response lost after the action;
+//! - with `stale_describe`, DescribeInstances answers with no reservations, as EC2's eventually
+//!   consistent reads do for a while after a launch;
+//! - CreateFleet is deduplicated by `ClientToken`, as EC2 does and moto does not
+//!   (`moto_does_not_deduplicate_create_fleet_by_client_token`): a repeat of a token moto
+//!   answered gets that same answer, without reaching moto.
 //!
 //! Everything else is forwarded to moto as it is. The proxy records each request's action
 //! (CreateFleet with its capacity type) so tests can check what the provider asked for.
@@ -32,7 +39,14 @@ pub struct Faults {
     pub no_on_demand: bool,
     /// Actions answered with 503 RequestLimitExceeded.
     pub throttle: Vec<String>,
+    /// CreateFleet runs on moto and its answer is lost (the connection closes unanswered).
+    pub lose_create_fleet: bool,
+    /// DescribeInstances shows no instances (eventual consistency).
+    pub stale_describe: bool,
 }
+
+/// moto's answers to CreateFleet by `ClientToken`, for EC2's idempotency.
+type Answered = Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>;
 
 /// moto's EC2 behind the fault proxy; both stop on drop.
 #[derive(Debug)]
@@ -53,11 +67,12 @@ impl Ec2Server {
         let calls: Arc<Mutex<Vec<String>>> = Arc::default();
         let target = ("127.0.0.1", moto.port);
         let (f, c) = (faults.clone(), calls.clone());
+        let answered: Answered = Arc::default();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (f, c) = (f.clone(), c.clone());
+                let (f, c, a) = (f.clone(), c.clone(), answered.clone());
                 tokio::spawn(async move {
-                    let _ = serve(sock, target, f, c).await;
+                    let _ = serve(sock, target, f, c, a).await;
                 });
             }
         });
@@ -153,6 +168,7 @@ async fn serve(
     target: (&'static str, u16),
     faults: Arc<Mutex<Faults>>,
     calls: Arc<Mutex<Vec<String>>>,
+    answered: Answered,
 ) -> Result<()> {
     let (head, body) = read_request(&mut sock).await?;
     let form = String::from_utf8_lossy(&body).into_owned();
@@ -181,10 +197,31 @@ async fn serve(
             None
         }
     };
-    let answer = match fault {
-        Some(a) => a.into_bytes(),
-        None => forward(&head, &body, target).await?,
+    let (lose, stale) = {
+        let f = faults.lock().unwrap();
+        (f.lose_create_fleet, f.stale_describe)
     };
+    let token = param("ClientToken").filter(|_| action == "CreateFleet");
+    let earlier = token
+        .as_ref()
+        .and_then(|t| answered.lock().unwrap().get(t).cloned());
+    let answer = match (fault, earlier) {
+        (Some(a), _) => a.into_bytes(),
+        (None, Some(same)) => same,
+        (None, None) if stale && action == "DescribeInstances" => no_reservations().into_bytes(),
+        (None, None) => {
+            let a = forward(&head, &body, target).await?;
+            if let Some(t) = token {
+                answered.lock().unwrap().insert(t, a.clone());
+            }
+            a
+        }
+    };
+    if lose && action == "CreateFleet" {
+        // Done on moto, never answered.
+        drop(sock);
+        return Ok(());
+    }
     sock.write_all(&answer).await?;
     sock.shutdown().await?;
     Ok(())
@@ -247,6 +284,14 @@ fn http(status: &str, body: &str) -> String {
     format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/xml;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
+    )
+}
+
+/// DescribeInstances before EC2's reads have caught up: no reservations.
+fn no_reservations() -> String {
+    http(
+        "200 OK",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>00000000-0000-0000-0000-000000000002</requestId><reservationSet/></DescribeInstancesResponse>",
     )
 }
 

@@ -9,14 +9,18 @@
 //! - **ownership**: every instance carries the tags `headroom.dev/policy` (`<ns>.<name>`, as the
 //!   Karpenter provider's label), `app.kubernetes.io/managed-by`, `headroom.dev/created-at` and
 //!   `headroom.dev/last-needed` (Unix ms), set at launch through TagSpecifications.
-//! - **idempotency**: the instances of a create carry `headroom.dev/token` until the controller
-//!   has seen them (`hold` removes it), and `create` first looks for instances with its token.
-//!   That is what makes a retry safe here, because moto ignores `ClientToken` on CreateFleet, and
-//!   because EC2 remembers a `ClientToken` long after its instances are gone, so the tokens the
-//!   controller derives (which recur: "how many units it owned") cannot be sent to AWS as they
-//!   are. The `ClientToken` sent is the token plus the request's `now` and phase: a retry of the
-//!   same call (same `now`) is deduplicated by EC2 itself, even before DescribeInstances shows
-//!   its instances.
+//! - **idempotency**: before any CreateFleet, the decision (token, time, count) is written as
+//!   the policy's launch intent ([`super::intent`], an annotation: strongly consistent, unlike
+//!   DescribeInstances). While its instances are not all visible they count as in flight
+//!   (`holdings`), and a create repeats the intent's request exactly, so a lost response or a
+//!   lagging DescribeInstances never launches twice. The `ClientToken` sent is the token plus
+//!   the decision's time and the phase: a repeat of the same decision is deduplicated by EC2
+//!   itself (the SDK's own retries resend it too), and EC2 remembering a `ClientToken` long after
+//!   its instances are gone cannot refuse a later decision, which has another time. The
+//!   instances also carry `headroom.dev/token` until the controller has seen them (`hold`
+//!   removes it), and `create` first adopts instances with its token.
+//! - **client**: 3 s to connect, 10 s per attempt, 30 s per call, 3 attempts (standard retry
+//!   mode: backoff with jitter on throttling, 5xx and transport errors).
 //! - **list**: DescribeInstances by the owner tags; `pending` and `running` instances are units
 //!   (ready = running); `stopped` ones are the warm pool, not units.
 //! - **hold**: writes `headroom.dev/last-needed` (and drops the token tag). **release** does
@@ -26,9 +30,11 @@
 //!   than `warmPoolSize` stopped instances; the rest (spot ones cannot be stopped, pending ones
 //!   not yet) are terminated.
 //!
-//! No wall clock is read: every time comes from the caller.
+//! No wall clock is read for decisions: every time comes from the caller (how long an intent's
+//! unseen instances count as in flight is judged on this host's clock).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::Client;
@@ -48,6 +54,15 @@ use crate::karpenter::{LAST_NEEDED_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, POL
 use crate::plan::Millis;
 use crate::provider::{CapacityProvider, CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
 use crate::shape::{Shape, parse_quantity};
+
+use super::intent::{Intent, IntentStore, MemoryIntents};
+
+/// This host's clock, in Unix ms: only for how long a launch intent's instances are awaited.
+fn wall_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as Millis)
+}
 
 /// The request token of the create that launched (or started) an instance, until `hold`.
 pub const TOKEN_TAG: &str = "headroom.dev/token";
@@ -108,7 +123,17 @@ impl Lifecycle {
 pub struct Ec2Provider {
     client: Client,
     spec: Ec2Spec,
+    /// Launch intents, written before CreateFleet (see [`super::intent`]).
+    intents: Arc<dyn IntentStore>,
 }
+
+/// Per-attempt and per-call deadlines of the EC2 client, and its attempts per call (the SDK's
+/// standard retry mode: exponential backoff with jitter on throttling, 5xx and transport
+/// errors; a retried CreateFleet carries the same `ClientToken`, so EC2 runs it once).
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+pub const ATTEMPTS: u32 = 3;
 
 /// One EC2 client per (region, endpoint) for the whole process. A provider is built for every
 /// reconcile of an ec2 policy; loading the AWS config each time re-resolved the credential chain
@@ -133,6 +158,15 @@ async fn shared_client(region: &str, endpoint: Option<&str>) -> Client {
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
+    loader = loader
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(CALL_TIMEOUT)
+                .build(),
+        )
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(ATTEMPTS));
     let client = Client::new(&loader.load().await);
     // Two reconciles may both have loaded: the first one stored is kept.
     clients
@@ -164,7 +198,15 @@ impl Ec2Provider {
         Ok(Self {
             client,
             spec: spec.clone(),
+            intents: Arc::new(MemoryIntents::default()),
         })
+    }
+
+    /// Keeps launch intents in `store` (the controller: the policy's annotation; the default,
+    /// in memory, lasts as long as this provider).
+    pub fn with_intents(mut self, store: Arc<dyn IntentStore>) -> Self {
+        self.intents = store;
+        self
     }
 
     fn price_of(&self, instance_type: &str) -> f64 {
@@ -242,13 +284,156 @@ impl Ec2Provider {
         count: u32,
         lifecycle: Lifecycle,
         request: &CreateRequest<'_>,
-    ) -> Result<FleetOutcome, ProviderError> {
-        let input = fleet_input(&self.spec, policy, types, count, lifecycle, request)?;
-        let out = input
-            .send_with(&self.client)
-            .await
-            .map_err(|e| sdk_error("CreateFleet", &self.spec, e))?;
+    ) -> Result<FleetOutcome, (ProviderError, bool)> {
+        let input = fleet_input(&self.spec, policy, types, count, lifecycle, request)
+            .map_err(|e| (e, false))?;
+        let out = input.send_with(&self.client).await.map_err(|e| {
+            // Only an answer from EC2 (or a request never built) says nothing launched; a
+            // timeout or a lost connection may have launched everything.
+            let unknown = !matches!(
+                e,
+                SdkError::ServiceError(_) | SdkError::ConstructionFailure(_)
+            );
+            (sdk_error("CreateFleet", &self.spec, e), unknown)
+        })?;
         Ok(FleetOutcome::from_output(&out))
+    }
+
+    /// The policy's instances launched by `intent` (its `created-at` tag), in any state.
+    async fn launched_by(
+        &self,
+        policy: &PolicyRef,
+        intent: &Intent,
+    ) -> Result<usize, ProviderError> {
+        let states = [
+            InstanceStateName::Pending,
+            InstanceStateName::Running,
+            InstanceStateName::ShuttingDown,
+            InstanceStateName::Stopping,
+            InstanceStateName::Stopped,
+            InstanceStateName::Terminated,
+        ];
+        let at = intent.at.to_string();
+        Ok(self
+            .describe(policy, None, &states, None)
+            .await?
+            .iter()
+            .filter(|i| tag_value(i, CREATED_AT_TAG) == Some(at.as_str()))
+            .count())
+    }
+
+    /// CreateFleet of `request.count` instances (its intent already recorded): spot first,
+    /// then on-demand for what spot could not place; `units` (started from the pool) and
+    /// `first_error` are carried in. Afterwards the intent holds what launched, or is cleared
+    /// when nothing did — unless a response was lost, when it stays open for a repeat.
+    async fn launch(
+        &self,
+        policy: &PolicyRef,
+        types: &[&InstanceType],
+        request: &CreateRequest<'_>,
+        mut units: Vec<Unit>,
+        mut first_error: Option<ProviderError>,
+    ) -> Result<Vec<Unit>, ProviderError> {
+        let before = units.len();
+        let want = before + request.count as usize;
+        let mut remaining = request.count as usize;
+        let mut unknown = false;
+        let phases: &[Lifecycle] = if self.spec.spot {
+            &[Lifecycle::Spot, Lifecycle::OnDemand]
+        } else {
+            &[Lifecycle::OnDemand]
+        };
+        let mut capacity_errors: Vec<String> = Vec::new();
+        for &phase in phases {
+            if remaining == 0 {
+                break;
+            }
+            let outcome = match self
+                .fleet(policy, types, remaining as u32, phase, request)
+                .await
+            {
+                Ok(o) => o,
+                Err((e, lost)) => {
+                    unknown |= lost;
+                    let capacity = matches!(e, ProviderError::InsufficientCapacity(_));
+                    if capacity {
+                        capacity_errors.push(e.to_string());
+                    }
+                    first_error.get_or_insert(e);
+                    if capacity {
+                        continue;
+                    }
+                    break;
+                }
+            };
+            for (id, ty) in outcome.launched.iter().take(remaining) {
+                units.push(Unit {
+                    id: id.clone(),
+                    node_name: None,
+                    instance_type: ty.clone(),
+                    ready: false,
+                    created_at: request.now,
+                    ready_at: None,
+                    last_needed: request.now,
+                    hourly_price: self.price_of(ty),
+                    gpus: None,
+                });
+            }
+            remaining = want.saturating_sub(units.len());
+            if remaining == 0 {
+                break;
+            }
+            if outcome.short_of_capacity_only() {
+                capacity_errors.extend(
+                    outcome
+                        .errors
+                        .iter()
+                        .map(|(code, msg)| format!("{phase:?}: {code}: {msg}")),
+                );
+                continue;
+            }
+            // A non-capacity error (a missing launch template, bad parameters): the other
+            // lifecycle would fail the same way.
+            if let Some((code, msg)) = outcome
+                .errors
+                .iter()
+                .find(|(code, _)| !CAPACITY_CODES.contains(&code.as_str()))
+            {
+                first_error.get_or_insert(classify(code, msg, &self.spec));
+            }
+            break;
+        }
+
+        if !unknown {
+            let launched = units.len().saturating_sub(before) as u32;
+            let settled = Intent {
+                token: request.token.clone(),
+                at: request.now,
+                count: launched,
+            };
+            let record = (launched > 0).then_some(&settled);
+            if let Err(e) = self.intents.write(policy, record).await {
+                // The open intent stays: its unseen instances count a little longer.
+                tracing::warn!(policy = %policy, error = %e, "cannot update the launch intent");
+            }
+        }
+        if !units.is_empty() {
+            units.truncate(want);
+            return Ok(units);
+        }
+        if let Some(e) = first_error
+            && !matches!(e, ProviderError::InsufficientCapacity(_))
+        {
+            return Err(e);
+        }
+        if !capacity_errors.is_empty() {
+            return Err(ProviderError::InsufficientCapacity(
+                capacity_errors.join("; "),
+            ));
+        }
+        Err(ProviderError::Other(
+            "CreateFleet launched nothing and reported no reason".into(),
+        ))
     }
 
     fn unit_of(&self, instance: &Instance, fallback_now: Millis) -> Option<Unit> {
@@ -324,6 +509,18 @@ impl CapacityProvider for Ec2Provider {
         ];
         let instances = self.describe(policy, None, &states, None).await?;
         let mut held = Holdings::default();
+        // A launch whose instances DescribeInstances does not show yet is in flight. Its age
+        // is judged on this host's clock: the intent's time is the controller's own `now`.
+        if let Some(intent) = self.intents.read(policy).await?
+            && intent.awaited(wall_ms())
+        {
+            let at = intent.at.to_string();
+            let seen = instances
+                .iter()
+                .filter(|i| tag_value(i, CREATED_AT_TAG) == Some(at.as_str()))
+                .count();
+            held.unmaterialised = intent.count.saturating_sub(seen as u32);
+        }
         for i in &instances {
             let Some(unit) = self.unit_of(i, 0) else {
                 continue;
@@ -347,6 +544,24 @@ impl CapacityProvider for Ec2Provider {
             return Ok(Vec::new());
         }
         let types = fitting_types(&self.spec.instance_types, request.shape)?;
+
+        // 0. A launch decided earlier whose instances are not all seen: its request is
+        //    repeated exactly (EC2 runs a ClientToken once), not decided anew.
+        let reuse = match self.intents.read(policy).await? {
+            Some(i) if i.reusable(request.now) && i.count <= request.count => {
+                (self.launched_by(policy, &i).await? < i.count as usize).then_some(i)
+            }
+            _ => None,
+        };
+        if let Some(intent) = reuse {
+            let again = CreateRequest {
+                count: intent.count,
+                shape: request.shape,
+                token: intent.token.clone(),
+                now: intent.at,
+            };
+            return self.launch(policy, &types, &again, Vec::new(), None).await;
+        }
         let want = request.count as usize;
 
         // 1. A retry: what an earlier attempt with this token made.
@@ -422,90 +637,34 @@ impl CapacityProvider for Ec2Provider {
             }
         }
 
-        // 3. CreateFleet: spot first, then on-demand for what spot could not place.
+        // 3. CreateFleet for the rest, its intent recorded first.
         remaining = want.saturating_sub(units.len());
-        let phases: &[Lifecycle] = if self.spec.spot {
-            &[Lifecycle::Spot, Lifecycle::OnDemand]
-        } else {
-            &[Lifecycle::OnDemand]
-        };
-        let mut capacity_errors: Vec<String> = Vec::new();
-        for &phase in phases {
-            if remaining == 0 {
-                break;
-            }
-            let outcome = match self
-                .fleet(policy, &types, remaining as u32, phase, request)
-                .await
-            {
-                Ok(o) => o,
-                Err(e) => {
-                    let capacity = matches!(e, ProviderError::InsufficientCapacity(_));
-                    if capacity {
-                        capacity_errors.push(e.to_string());
-                    }
-                    first_error.get_or_insert(e);
-                    if capacity {
-                        continue;
-                    }
-                    break;
-                }
-            };
-            for (id, ty) in outcome.launched.iter().take(remaining) {
-                units.push(Unit {
-                    id: id.clone(),
-                    node_name: None,
-                    instance_type: ty.clone(),
-                    ready: false,
-                    created_at: request.now,
-                    ready_at: None,
-                    last_needed: request.now,
-                    hourly_price: self.price_of(ty),
-                    gpus: None,
-                });
-            }
-            remaining = want.saturating_sub(units.len());
-            if remaining == 0 {
-                break;
-            }
-            if outcome.short_of_capacity_only() {
-                capacity_errors.extend(
-                    outcome
-                        .errors
-                        .iter()
-                        .map(|(code, msg)| format!("{phase:?}: {code}: {msg}")),
-                );
-                continue;
-            }
-            // A non-capacity error (a missing launch template, bad parameters): the other
-            // lifecycle would fail the same way.
-            if let Some((code, msg)) = outcome
-                .errors
-                .iter()
-                .find(|(code, _)| !CAPACITY_CODES.contains(&code.as_str()))
-            {
-                first_error.get_or_insert(classify(code, msg, &self.spec));
-            }
-            break;
-        }
-
-        if !units.is_empty() {
+        if remaining == 0 {
             units.truncate(want);
             return Ok(units);
         }
-        if let Some(e) = first_error
-            && !matches!(e, ProviderError::InsufficientCapacity(_))
-        {
-            return Err(e);
+        let intent = Intent {
+            token: request.token.clone(),
+            at: request.now,
+            count: remaining as u32,
+        };
+        if let Err(e) = self.intents.write(policy, Some(&intent)).await {
+            // Not launched without its record; what the pool started is still returned.
+            if units.is_empty() {
+                return Err(e);
+            }
+            return Ok(units);
         }
-        if !capacity_errors.is_empty() {
-            return Err(ProviderError::InsufficientCapacity(
-                capacity_errors.join("; "),
-            ));
-        }
-        Err(ProviderError::Other(
-            "CreateFleet launched nothing and reported no reason".into(),
-        ))
+        let again = CreateRequest {
+            count: intent.count,
+            ..request.clone()
+        };
+        self.launch(policy, &types, &again, units, first_error)
+            .await
+            .map(|mut u| {
+                u.truncate(want);
+                u
+            })
     }
 
     async fn hold(

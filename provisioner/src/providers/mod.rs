@@ -2,6 +2,7 @@
 //! from its spec ([`for_policy`]).
 
 pub mod ec2;
+pub mod intent;
 pub mod karpenter;
 pub mod overprovision;
 
@@ -160,7 +161,11 @@ pub async fn for_policy(
             };
             let instance_types = types.iter().map(|t| t.name.clone()).collect();
             let worst = worst_of(&types);
-            let provider = ec2::Ec2Provider::new(spec).await?;
+            let provider = ec2::Ec2Provider::new(spec)
+                .await?
+                .with_intents(std::sync::Arc::new(intent::PolicyAnnotation::new(
+                    client.clone(),
+                )));
             Ok(Built {
                 provider: Box::new(Timed(Box::new(provider))),
                 node,

@@ -46,6 +46,21 @@ const REMOVE_COST: &str = "-2147483648";
 /// Prefix of the ids of units asked for whose pods the ReplicaSet has not made yet.
 pub const PENDING_PREFIX: &str = "pending:";
 
+/// `Ok` when `class` may hold placeholders: its value is negative, so every pod of the default
+/// priority (0) preempts them.
+pub fn placeholder_priority(class: &PriorityClass) -> Result<(), ProviderError> {
+    if class.value < 0 {
+        return Ok(());
+    }
+    Err(ProviderError::NotAllowed(format!(
+        "PriorityClass {:?} has value {}: placeholders need a negative priority, or real pods \
+         could not preempt them (name another, or let Headroom create it with value {})",
+        class.metadata.name.as_deref().unwrap_or_default(),
+        class.value,
+        crate::overprovision::PRIORITY
+    )))
+}
+
 /// Pause-pod placeholders for the policies of one cluster.
 #[derive(Clone)]
 pub struct OverprovisionProvider {
@@ -121,12 +136,14 @@ impl OverprovisionProvider {
         Ok(list.items)
     }
 
-    /// Creates the PriorityClass when missing (an existing one is used as it is).
+    /// Creates the PriorityClass when missing; an existing one is used only when its value is
+    /// negative (a placeholder that outranks real pods would hold their room instead of
+    /// yielding it), and is refused otherwise.
     async fn ensure_priority_class(&self) -> Result<(), ProviderError> {
         let api: Api<PriorityClass> = Api::all(self.client.clone());
         let name = &self.spec.priority_class_name;
         match api.get_opt(name).await {
-            Ok(Some(_)) => return Ok(()),
+            Ok(Some(existing)) => return placeholder_priority(&existing),
             Ok(None) => {}
             Err(e) => return Err(api_error(e, "PriorityClass", name)),
         }
@@ -458,6 +475,19 @@ impl CapacityProvider for OverprovisionProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_negative_priority_class_may_hold_placeholders() {
+        let mut class = priority_class("p");
+        assert_eq!(placeholder_priority(&class), Ok(()));
+        for value in [0, 1_000_000_000] {
+            class.value = value;
+            let e = placeholder_priority(&class).unwrap_err();
+            assert_eq!(e.reason(), "NotAllowed");
+            assert!(!e.retryable());
+            assert!(e.to_string().contains(&format!("value {value}")), "{e}");
+        }
+    }
 
     fn policy(name: &str) -> PolicyRef {
         PolicyRef {
