@@ -708,7 +708,7 @@ spec:
     config.boundaries.node_pools = Some(
         headroom_provisioner::admin::AllowList::parse(
             "allowed-node-pools",
-            &[format!("{ns}/{pool}")],
+            &[format!("{ns}/{pool}"), format!("{ns}/missing-pool")],
             false,
         )
         .unwrap(),
