@@ -78,6 +78,9 @@ pub struct Unit {
     /// GPUs of the unit, when the platform reported them (a launched NodeClaim's capacity);
     /// otherwise the controller counts its instance type's, or the worst case.
     pub gpus: Option<u32>,
+    /// The [`crate::warm::images_hash`] of the workload images the unit is known to hold
+    /// (the `headroom.dev/images` annotation), if any.
+    pub images: Option<String>,
 }
 
 /// Everything a provider holds for a policy, as the limits count it.
@@ -241,6 +244,7 @@ pub(crate) mod fixtures {
             last_needed: 0,
             hourly_price: 0.0,
             gpus: None,
+            images: None,
         }
     }
 }

@@ -76,6 +76,19 @@ pub struct ServeArgs {
     /// PEM private key of --demand-cert-file.
     #[arg(long, env = "HEADROOM_DEMAND_KEY_FILE", requires = "demand_cert_file")]
     pub demand_key_file: Option<String>,
+    /// Image holding the `headroom-warm` helper (normally the provisioner's own image; the
+    /// chart sets it). When set, karpenter-mode units are warmed: a pre-pull pod pulls the
+    /// workload's images onto each new node, and a unit counts as image-warm only then.
+    /// Unset: no warming.
+    #[arg(long, env = "HEADROOM_WARM_HELPER_IMAGE")]
+    pub warm_helper_image: Option<String>,
+    /// Path of the `headroom-warm` helper inside --warm-helper-image.
+    #[arg(
+        long,
+        env = "HEADROOM_WARM_HELPER_PATH",
+        default_value = "/usr/local/bin/headroom-warm"
+    )]
+    pub warm_helper_path: String,
 }
 
 /// Validated configuration.
@@ -91,6 +104,8 @@ pub struct Config {
     pub caps: Caps,
     /// TLS of the Demand client, for `https://` addresses.
     pub demand_tls: Option<DemandTls>,
+    /// Where the image-warming helper comes from; no warming when `None`.
+    pub warm_helper: Option<crate::warm::Helper>,
 }
 
 impl Config {
@@ -110,6 +125,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             caps: Caps::default(),
             demand_tls: None,
+            warm_helper: None,
         }
     }
 }
@@ -189,6 +205,21 @@ impl ServeArgs {
         if ca.is_none() && self.demand_ca_file.is_none() && self.demand_cert_file.is_some() {
             errors.push("--demand-cert-file needs --demand-ca-file".into());
         }
+        let warm_helper = match self.warm_helper_image.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(image) => {
+                if !self.warm_helper_path.starts_with('/') {
+                    errors.push(format!(
+                        "--warm-helper-path: {:?} is not an absolute path",
+                        self.warm_helper_path
+                    ));
+                }
+                Some(crate::warm::Helper {
+                    image: image.to_string(),
+                    path: self.warm_helper_path.clone(),
+                })
+            }
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -217,6 +248,7 @@ impl ServeArgs {
                 ca_pem,
                 identity: cert.zip(key),
             }),
+            warm_helper,
         })
     }
 }
@@ -338,6 +370,7 @@ pub async fn start(
             caps: config.caps,
             leadership,
             demand_tls: config.demand_tls.clone(),
+            warm_helper: config.warm_helper.clone(),
         };
         let grace = config.shutdown_grace;
         let shutdown = shutdown.clone();
@@ -426,6 +459,8 @@ mod tests {
             demand_ca_file: None,
             demand_cert_file: None,
             demand_key_file: None,
+            warm_helper_image: None,
+            warm_helper_path: "/usr/local/bin/headroom-warm".into(),
         }
     }
 

@@ -462,6 +462,7 @@ impl CapacityProvider for Ec2Provider {
                     last_needed: request.now,
                     hourly_price: self.price_of(ty),
                     gpus: None,
+                    images: None,
                 });
             }
             remaining = want.saturating_sub(units.len());
@@ -860,6 +861,7 @@ pub fn unit_of(
         hourly_price: price(&instance_type),
         // Known from the type (the controller looks it up in spec.ec2.instanceTypes).
         gpus: None,
+        images: None,
         instance_type,
     })
 }

@@ -254,6 +254,7 @@ fn unit_of(pod: &Pod) -> Unit {
         last_needed,
         hourly_price: 0.0,
         gpus: None,
+        images: None,
     }
 }
 
@@ -371,6 +372,7 @@ impl CapacityProvider for OverprovisionProvider {
                 last_needed: request.now,
                 hourly_price: 0.0,
                 gpus: Some(request.shape.gpus),
+                images: None,
             })
             .collect())
     }
