@@ -469,31 +469,32 @@ async fn observe_and_act(
     );
 
     // The provider and the node type it makes.
-    let built = match providers::for_policy(&ctx.client, policy, &shape).await {
-        Ok(b) => b,
-        Err(e) => {
-            let reason = e.reason();
-            if matches!(e, ForPolicyError::Provider(ProviderError::NoFit(_))) {
-                c.set("ShapeResolved", false, reason, e.to_string());
-            } else {
-                c.set(
-                    "ShapeResolved",
-                    true,
-                    "Resolved",
-                    describe_shape(&shape, &[]),
-                );
+    let built =
+        match providers::for_policy(&ctx.client, policy, &shape, ctx.warm_helper.as_ref()).await {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = e.reason();
+                if matches!(e, ForPolicyError::Provider(ProviderError::NoFit(_))) {
+                    c.set("ShapeResolved", false, reason, e.to_string());
+                } else {
+                    c.set(
+                        "ShapeResolved",
+                        true,
+                        "Resolved",
+                        describe_shape(&shape, &[]),
+                    );
+                }
+                c.set("Ready", false, reason, e.to_string());
+                return if e.retryable() {
+                    Err(match e {
+                        ForPolicyError::Provider(p) => Error::Provider(p),
+                        other => Error::Provider(ProviderError::Other(other.to_string())),
+                    })
+                } else {
+                    Ok(resync)
+                };
             }
-            c.set("Ready", false, reason, e.to_string());
-            return if e.retryable() {
-                Err(match e {
-                    ForPolicyError::Provider(p) => Error::Provider(p),
-                    other => Error::Provider(ProviderError::Other(other.to_string())),
-                })
-            } else {
-                Ok(resync)
-            };
-        }
-    };
+        };
     c.set(
         "ShapeResolved",
         true,
@@ -532,6 +533,13 @@ async fn observe_and_act(
         set_image_warm_condition(c, &w);
         report.image_warm = Some(w.status.clone());
         pulling = w.pulling;
+    } else if provider.name() == "overprovision"
+        && ctx.warm_helper.is_some()
+        && !shape.images.containers.is_empty()
+    {
+        let w = warm_placeholders(ctx, &pref, &shape.images.hash).await;
+        set_image_warm_condition(c, &w);
+        report.image_warm = Some(w.status.clone());
     }
     // Held units get their last-needed mark refreshed only now and then, so the writes do not
     // wake us in a loop.
@@ -1469,18 +1477,7 @@ async fn warm_units(
                         },
                     )) => {
                         let reason = warm::reason_label(&reason);
-                        const COUNTED: &str = "headroom.dev/pull-failed";
-                        if act && !p.annotations().contains_key(COUNTED) {
-                            metrics::image_pull_failed(&policy.namespace, &policy.name, reason);
-                            leading(ctx)?;
-                            let patch = json!({"metadata": {"annotations": {COUNTED: reason}}});
-                            if let Err(e) = pod_api
-                                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                                .await
-                            {
-                                tracing::debug!(error = %e, pod = %name, "cannot mark a failed pull");
-                            }
-                        }
+                        count_pull_failure(ctx, policy, p, reason).await;
                         w.failures
                             .push((u.id.clone(), node.to_string(), image, reason, message));
                         UnitState::Failed
@@ -1505,6 +1502,88 @@ async fn warm_units(
     if act {
         remove_prepull_pods(ctx, policy, |p| !wanted.contains(&p.name_any())).await?;
     }
+    warm_gauges(policy, &w);
+    Ok(w)
+}
+
+/// Marks a pod whose pull failed, so the failure is counted once.
+const PULL_FAILED_ANNOTATION: &str = "headroom.dev/pull-failed";
+
+async fn count_pull_failure(ctx: &Context, policy: &PolicyRef, pod: &Pod, reason: &'static str) {
+    if ctx.dry_run
+        || pod.annotations().contains_key(PULL_FAILED_ANNOTATION)
+        || !ctx.leadership.is_held()
+    {
+        return;
+    }
+    metrics::image_pull_failed(&policy.namespace, &policy.name, reason);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &policy.namespace);
+    let patch = json!({"metadata": {"annotations": {PULL_FAILED_ANNOTATION: reason}}});
+    if let Err(e) = api
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::debug!(error = %e, pod = %pod.name_any(), "cannot mark a failed pull");
+    }
+}
+
+/// Placeholders (overprovision mode) by warm state, from the pod cache: they run the
+/// workload's images, so a running placeholder of the current template holds them.
+async fn warm_placeholders(ctx: &Context, policy: &PolicyRef, hash: &str) -> Warmth {
+    let label = crate::karpenter::policy_label(&policy.namespace, &policy.name);
+    let mut w = Warmth {
+        status: crate::crd::ImageWarmStatus {
+            images: hash.to_string(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(policy.namespace.as_str()))
+        .filter(|p| p.labels().get(POLICY_LABEL) == Some(&label))
+        .filter(|p| {
+            p.labels().get("app.kubernetes.io/name").map(String::as_str)
+                == Some("headroom-placeholder")
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    for p in pods {
+        let (state, pull) = warm::placeholder_state(&p, hash);
+        match state {
+            UnitState::Booting => w.status.booting_units += 1,
+            UnitState::Pulling => w.status.pulling_units += 1,
+            UnitState::Warm => w.status.warm_units += 1,
+            UnitState::Failed => w.status.failed_units += 1,
+        }
+        if let PullState::Failed {
+            reason,
+            image,
+            message,
+        } = pull
+        {
+            let reason = warm::reason_label(&reason);
+            count_pull_failure(ctx, policy, &p, reason).await;
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            w.failures
+                .push((p.name_any(), node, image, reason, message));
+        }
+    }
+    warm_gauges(policy, &w);
+    w
+}
+
+fn warm_gauges(policy: &PolicyRef, w: &Warmth) {
     let s = &w.status;
     metrics::image_warm_units(
         &policy.namespace,
@@ -1521,7 +1600,6 @@ async fn warm_units(
             )
         }),
     );
-    Ok(w)
 }
 
 /// `ImageWarm`: False with the kubelet's reason while an image cannot be pulled, naming the

@@ -55,6 +55,46 @@ pub struct Helper {
     pub path: String,
 }
 
+/// One image of a pod template, with the pull policy the template gives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageRef {
+    pub image: String,
+    pub pull_policy: Option<String>,
+}
+
+/// The images of the workload's pod template, for placeholders that run them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodImages {
+    /// Of the init containers, in order.
+    pub init: Vec<ImageRef>,
+    /// Of the containers, in order (the first holds the pod's requests in a placeholder).
+    pub containers: Vec<ImageRef>,
+    pub pull_secrets: Vec<k8s_openapi::api::core::v1::LocalObjectReference>,
+    /// [`images_hash`] of [`images_of`] the template.
+    pub hash: String,
+}
+
+impl PodImages {
+    pub fn of(spec: &PodSpec) -> Self {
+        let refs = |cs: &[Container]| {
+            cs.iter()
+                .filter_map(|c| {
+                    Some(ImageRef {
+                        image: c.image.clone().filter(|i| !i.is_empty())?,
+                        pull_policy: c.image_pull_policy.clone(),
+                    })
+                })
+                .collect()
+        };
+        Self {
+            init: refs(spec.init_containers.as_deref().unwrap_or_default()),
+            containers: refs(&spec.containers),
+            pull_secrets: spec.image_pull_secrets.clone().unwrap_or_default(),
+            hash: images_hash(&images_of(spec)),
+        }
+    }
+}
+
 /// The images of a pod template: init containers first, then containers, each once, in order.
 pub fn images_of(spec: &PodSpec) -> Vec<String> {
     let mut images: Vec<String> = Vec::new();
@@ -351,6 +391,31 @@ pub fn classify(pod: &Pod) -> PullState {
     PullState::Pulling
 }
 
+/// The warm state of one placeholder pod (overprovision mode) for the images `hash`: booting
+/// until scheduled; warm once every container runs and its template holds the current
+/// images; failed when an image cannot be pulled; pulling otherwise.
+pub fn placeholder_state(pod: &Pod, hash: &str) -> (UnitState, PullState) {
+    let scheduled = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some();
+    let current = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(IMAGES_ANNOTATION))
+        .is_some_and(|h| h == hash);
+    let pull = classify(pod);
+    let state = match &pull {
+        _ if !scheduled => UnitState::Booting,
+        PullState::Failed { .. } => UnitState::Failed,
+        PullState::Pulled if current => UnitState::Warm,
+        _ => UnitState::Pulling,
+    };
+    (state, pull)
+}
+
 /// A bounded label value for a pull failure reason (metrics): one of
 /// [`PULL_FAILURE_REASONS`], else `Other`.
 pub fn reason_label(reason: &str) -> &'static str {
@@ -639,5 +704,22 @@ mod tests {
         assert!(
             matches!(classify(&rejected), PullState::Failed { reason, .. } if reason == "OutOfcpu")
         );
+    }
+
+    #[test]
+    fn placeholders_are_warm_only_when_running_the_current_images() {
+        let hash = pod().metadata.annotations.unwrap()[IMAGES_ANNOTATION].clone();
+        let mut unscheduled = with_status(vec![], "Pending");
+        unscheduled.spec.as_mut().unwrap().node_name = None;
+        assert_eq!(placeholder_state(&unscheduled, &hash).0, UnitState::Booting);
+        let both = with_status(vec![running(), running()], "Running");
+        assert_eq!(placeholder_state(&both, &hash).0, UnitState::Warm);
+        assert_eq!(
+            placeholder_state(&both, "v1-other").0,
+            UnitState::Pulling,
+            "running older images"
+        );
+        let failing = with_status(vec![running(), waiting("ImagePullBackOff")], "Pending");
+        assert_eq!(placeholder_state(&failing, &hash).0, UnitState::Failed);
     }
 }

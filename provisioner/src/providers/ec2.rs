@@ -1003,6 +1003,7 @@ mod tests {
             affinity: None,
             tolerations: Vec::new(),
             requests: Default::default(),
+            images: Default::default(),
         }
     }
 

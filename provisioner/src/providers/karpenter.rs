@@ -514,6 +514,7 @@ mod tests {
             affinity: None,
             tolerations: vec![],
             requests: BTreeMap::new(),
+            images: Default::default(),
         }
     }
 

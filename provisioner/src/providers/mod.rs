@@ -96,6 +96,7 @@ pub async fn for_policy(
     client: &kube::Client,
     policy: &PrewarmPolicy,
     shape: &Shape,
+    warm: Option<&crate::warm::Helper>,
 ) -> Result<Built, ForPolicyError> {
     match policy.spec.mode {
         CapacityMode::Karpenter => {
@@ -122,10 +123,10 @@ pub async fn for_policy(
             // their GPUs.
             let pod = shape.plan_shape();
             Ok(Built {
-                provider: Box::new(Timed(Box::new(overprovision::OverprovisionProvider::new(
-                    client.clone(),
-                    spec,
-                )))),
+                provider: Box::new(Timed(Box::new(
+                    overprovision::OverprovisionProvider::new(client.clone(), spec)
+                        .with_warm_helper(warm.cloned()),
+                ))),
                 node: NodeType {
                     gpus: pod.gpus,
                     cpu: pod.cpu,

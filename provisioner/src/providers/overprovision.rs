@@ -51,6 +51,8 @@ pub const PENDING_PREFIX: &str = "pending:";
 pub struct OverprovisionProvider {
     client: kube::Client,
     spec: OverprovisionSpec,
+    /// The image-warming helper: placeholders run the workload's images when set.
+    warm: Option<crate::warm::Helper>,
 }
 
 impl std::fmt::Debug for OverprovisionProvider {
@@ -83,7 +85,18 @@ pub fn deployment_name(policy: &PolicyRef) -> String {
 
 impl OverprovisionProvider {
     pub fn new(client: kube::Client, spec: OverprovisionSpec) -> Self {
-        Self { client, spec }
+        Self {
+            client,
+            spec,
+            warm: None,
+        }
+    }
+
+    /// Placeholders run the workload's images with this helper (image warming), instead of
+    /// the pause image; `None`: pause.
+    pub fn with_warm_helper(mut self, helper: Option<crate::warm::Helper>) -> Self {
+        self.warm = helper;
+        self
     }
 
     fn deployments(&self, policy: &PolicyRef) -> Api<Deployment> {
@@ -203,6 +216,7 @@ impl OverprovisionProvider {
             replicas,
             &self.spec.priority_class_name,
             &self.spec.pause_image,
+            self.warm.as_ref(),
         )
     }
 }
