@@ -529,10 +529,25 @@ async fn observe_and_act(
     if provider.name() == "karpenter"
         && let (Some(helper), Some(template_spec)) = (&ctx.warm_helper, template.spec.as_ref())
     {
-        let w = warm_units(ctx, &pref, template_spec, &units, helper, now).await?;
-        set_image_warm_condition(c, &w);
-        report.image_warm = Some(w.status.clone());
-        pulling = w.pulling;
+        match warm_units(ctx, &pref, template_spec, &units, helper, now).await {
+            Ok(w) => {
+                set_image_warm_condition(c, &w);
+                report.image_warm = Some(w.status.clone());
+                pulling = w.pulling;
+            }
+            Err(Error::NotLeader) => return Err(Error::NotLeader),
+            // Warming is not capacity: planning goes on, and the condition says why units
+            // stay cold.
+            Err(e) => {
+                tracing::warn!(namespace = %ns, policy = %name, error = %e, "image warming failed");
+                c.set(
+                    "ImageWarm",
+                    false,
+                    "PrePullFailed",
+                    format!("pre-pull pods: {e}"),
+                );
+            }
+        }
     } else if provider.name() == "overprovision"
         && ctx.warm_helper.is_some()
         && !shape.images.containers.is_empty()

@@ -269,6 +269,10 @@ mod tests {
                 ..Default::default()
             });
             cluster_cap_held("maxTotalGpus");
+            image_warm_units("ml", "gpu", &[("warm", 2), ("failed", 0)]);
+            time_to_image_warm("ml", "gpu", 95.0);
+            image_pull_started("ml", "gpu");
+            image_pull_failed("ml", "gpu", "ErrImagePull");
         });
         let text = handle.render();
         for line in [
@@ -290,6 +294,11 @@ mod tests {
             r#"headroom_provisioner_at_limit{namespace="ml",policy="gpu",limit="maxTotalGpus"} 0"#,
             r#"headroom_provisioner_cluster_usage{resource="gpus"} 12"#,
             r#"headroom_provisioner_cluster_cap_held_total{limit="maxTotalGpus"} 1"#,
+            r#"headroom_provisioner_image_warm_units{namespace="ml",policy="gpu",state="warm"} 2"#,
+            r#"headroom_provisioner_image_warm_units{namespace="ml",policy="gpu",state="failed"} 0"#,
+            r#"headroom_provisioner_time_to_image_warm_seconds_count{namespace="ml",policy="gpu"} 1"#,
+            r#"headroom_provisioner_image_pulls_started_total{namespace="ml",policy="gpu"} 1"#,
+            r#"headroom_provisioner_image_pulls_failed_total{namespace="ml",policy="gpu",reason="ErrImagePull"} 1"#,
             r#"headroom_build_info{component="provisioner",version=""#,
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");

@@ -393,6 +393,9 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
         ("update", "deployments.apps", Some("ml")),
         ("watch", "pods", Some("ml")),
         ("patch", "pods", Some("ml")),
+        // Pre-pull pods (provisioner.warm.enabled, the default).
+        ("create", "pods", Some("ml")),
+        ("delete", "pods", Some("ml")),
         ("patch", "prewarmpolicies.headroom.dev", Some("ml")),
         ("list", "nodes", None),
         ("create", "nodeclaims.karpenter.sh", None),
@@ -411,8 +414,7 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
     }
     let no: &[(&str, &str, Option<&str>)] = &[
         ("get", "secrets", Some("ml")),
-        ("create", "pods", Some("ml")),
-        ("delete", "pods", Some("ml")),
+        ("update", "pods", Some("ml")),
         ("delete", "nodes", None),
         ("update", "nodeclaims.karpenter.sh", None),
         ("create", "nodepools.karpenter.sh", None),
