@@ -1476,7 +1476,10 @@ async fn warm_units(
                                 Err(e) => return Err(e.into()),
                             }
                             let secs = now.saturating_sub(u.created_at).max(0) as f64 / 1000.0;
-                            metrics::time_to_image_warm(&policy.namespace, &policy.name, secs);
+                            // From asking for the unit: its first images only, not a re-pull.
+                            if u.images.is_none() {
+                                metrics::time_to_image_warm(&policy.namespace, &policy.name, secs);
+                            }
                             tracing::info!(namespace = %policy.namespace, policy = %policy.name, unit = %u.id, %node, seconds = secs, "unit image-warm");
                         }
                         // The pod goes below, as one no longer wanted.
