@@ -1158,3 +1158,163 @@ async fn a_ready_nodeclaim_gets_a_prepull_pod_with_the_workload_images_and_then_
     running.wait().await.unwrap();
     scaler.shutdown();
 }
+
+/// A pull that fails is a condition and an event naming the image and the node, and the unit
+/// counts as failed, not warm; once the kubelet reports the container started, it is warm. The
+/// NodeClaim's node here is one no kubelet (nor kwok) serves, so the test plays the kubelet by
+/// writing the pre-pull pod's status, as a real one would on `ErrImagePull`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pull_is_a_condition_and_an_event_and_the_unit_is_not_warm() {
+    use headroom_provisioner::warm;
+
+    let cluster = cluster();
+    let client = cluster.client().await.unwrap();
+    let ns = create_namespace(&client, "pwp-pullfail").await.unwrap();
+    let pool = format!("gpu-{ns}");
+    node_pool(cluster, &pool);
+    let redis = RedisServer::start(&[]).unwrap();
+    let (scaler, _keda) = start_scaler(ServeConfig::local()).await.unwrap();
+    let scaler_addr = scaler.grpc_addr.to_string();
+    workload(cluster, &ns, &scaler_addr, &redis.address(), 1);
+    cluster
+        .apply(&policy(
+            &ns,
+            "gpu",
+            "worker",
+            &pool,
+            &scaler_addr,
+            "  limits: {maxNodes: 1, maxGpus: 1}\n",
+        ))
+        .unwrap();
+    let mut config = headroom_provisioner::Config::local("pullfail", &ns);
+    config.watch_namespace = Some(ns.clone());
+    config.warm_helper = Some(warm::Helper {
+        image: "headroom/provisioner:test".into(),
+        path: "/usr/local/bin/headroom-warm".into(),
+    });
+    let running = headroom_provisioner::start(config, client.clone(), None)
+        .await
+        .unwrap();
+    let policies: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
+    wait_condition(&policies, "gpu", "DemandAvailable", "True", "Answering").await;
+    push_jobs(&redis, 2).await;
+    let claim = wait_until(WAIT, "one NodeClaim", || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            let c = claims_of(&client, &ns, "gpu").await;
+            Ok((c.len() == 1).then(|| c[0].clone()))
+        }
+    })
+    .await
+    .unwrap();
+    let claim_name = claim.metadata.name.clone().unwrap();
+    // Launched and Initialized, on a node no kubelet serves.
+    let node = format!("ghost-{ns}");
+    claims_api(&client)
+        .patch_status(
+            &claim_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "nodeName": node,
+                "conditions": [{"type": "Initialized", "status": "True", "reason": "Initialized",
+                                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            }})),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = wait_until(WAIT, "a pre-pull pod on the ghost node", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods
+                .list(&ListParams::default().labels("headroom.dev/warm=prepull"))
+                .await?
+                .items;
+            Ok(p.into_iter().next())
+        }
+    })
+    .await
+    .unwrap();
+    let pod_name = pod.metadata.name.clone().unwrap();
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some(node.as_str()));
+    let image = "registry.k8s.io/pause:3.10";
+    let status = |state: Value, phase: &str| {
+        json!({"status": {"phase": phase, "containerStatuses": [{
+            "name": "pull-0", "image": image, "imageID": "", "ready": false,
+            "restartCount": 0, "state": state,
+        }]}})
+    };
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(status(
+            json!({"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}}),
+            "Pending",
+        )),
+    )
+    .await
+    .unwrap();
+    let message = wait_condition(&policies, "gpu", "ImageWarm", "False", "ErrImagePull").await;
+    assert!(
+        message.contains(image)
+            && message.contains(&node)
+            && message.contains("pull access denied"),
+        "{message}"
+    );
+    let s = policies.get("gpu").await.unwrap().status.unwrap();
+    let w = s.image_warm.unwrap();
+    assert_eq!((w.failed_units, w.warm_units), (1, 0), "failed, not warm");
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+    wait_until(WAIT, "an ErrImagePull event", || {
+        let events = events.clone();
+        async move {
+            let e = events.list(&Default::default()).await?.items;
+            Ok(e.into_iter()
+                .find(|e| e.reason.as_deref() == Some("ErrImagePull")))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        pods.get_opt(&pod_name).await.unwrap().is_some(),
+        "a failed pull keeps its pod (the kubelet retries)"
+    );
+
+    // The kubelet pulled after all: the container runs, the unit is warm, the pod goes.
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(status(
+            json!({"running": {"startedAt": "2026-01-01T00:00:05Z"}}),
+            "Running",
+        )),
+    )
+    .await
+    .unwrap();
+    wait_condition(&policies, "gpu", "ImageWarm", "True", "ImagesPulled").await;
+    let w = policies
+        .get("gpu")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .image_warm
+        .unwrap();
+    assert_eq!((w.failed_units, w.warm_units), (0, 1));
+    wait_until(WAIT, "the pre-pull pod removed", || {
+        let pods = pods.clone();
+        let pod_name = pod_name.clone();
+        async move { Ok(pods.get_opt(&pod_name).await?.is_none().then_some(())) }
+    })
+    .await
+    .unwrap();
+    let c = claims_api(&client).get(&claim_name).await.unwrap();
+    assert_eq!(
+        c.metadata.annotations.unwrap()[warm::IMAGES_ANNOTATION],
+        warm::images_hash(&[image.to_string()])
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+    scaler.shutdown();
+}
