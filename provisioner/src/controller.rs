@@ -469,32 +469,32 @@ async fn observe_and_act(
     );
 
     // The provider and the node type it makes.
-    let built =
-        match providers::for_policy(&ctx.client, policy, &shape, ctx.warm_helper.as_ref()).await {
-            Ok(b) => b,
-            Err(e) => {
-                let reason = e.reason();
-                if matches!(e, ForPolicyError::Provider(ProviderError::NoFit(_))) {
-                    c.set("ShapeResolved", false, reason, e.to_string());
-                } else {
-                    c.set(
-                        "ShapeResolved",
-                        true,
-                        "Resolved",
-                        describe_shape(&shape, &[]),
-                    );
-                }
-                c.set("Ready", false, reason, e.to_string());
-                return if e.retryable() {
-                    Err(match e {
-                        ForPolicyError::Provider(p) => Error::Provider(p),
-                        other => Error::Provider(ProviderError::Other(other.to_string())),
-                    })
-                } else {
-                    Ok(resync)
-                };
+    let warm_helper = ctx.warm_helper.as_ref();
+    let built = match providers::for_policy(&ctx.client, policy, &shape, warm_helper).await {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = e.reason();
+            if matches!(e, ForPolicyError::Provider(ProviderError::NoFit(_))) {
+                c.set("ShapeResolved", false, reason, e.to_string());
+            } else {
+                c.set(
+                    "ShapeResolved",
+                    true,
+                    "Resolved",
+                    describe_shape(&shape, &[]),
+                );
             }
-        };
+            c.set("Ready", false, reason, e.to_string());
+            return if e.retryable() {
+                Err(match e {
+                    ForPolicyError::Provider(p) => Error::Provider(p),
+                    other => Error::Provider(ProviderError::Other(other.to_string())),
+                })
+            } else {
+                Ok(resync)
+            };
+        }
+    };
     c.set(
         "ShapeResolved",
         true,
