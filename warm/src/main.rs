@@ -11,8 +11,9 @@
 //!   set `terminationGracePeriodSeconds: 0`: the kubelet sends SIGKILL at once.
 //!
 //! Std only, so it links statically:
-//! `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu --workspace --bins`
-//! and copy `target/x86_64-unknown-linux-gnu/release/headroom-warm` into the image.
+//! `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target x86_64-unknown-linux-gnu -p headroom-warm`
+//! (it has no dependencies, so this builds nothing else) and copy
+//! `target/x86_64-unknown-linux-gnu/release/headroom-warm` into the provisioner's image.
 
 use std::process::ExitCode;
 
@@ -52,4 +53,29 @@ fn copy_self(dest: &str) -> std::io::Result<()> {
     std::fs::copy(&me, &partial)?;
     std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&partial, dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn copy_writes_an_executable_copy_of_itself_and_no_partial_file() {
+        let dir = std::env::temp_dir().join(format!("headroom-warm-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("headroom-warm");
+        copy_self(dest.to_str().unwrap()).unwrap();
+        let me = std::fs::metadata(std::env::current_exe().unwrap()).unwrap();
+        let copy = std::fs::metadata(&dest).unwrap();
+        assert_eq!(copy.len(), me.len());
+        assert_eq!(copy.permissions().mode() & 0o777, 0o755);
+        assert!(!dir.join("headroom-warm.partial").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn copy_to_a_missing_directory_is_an_error() {
+        assert!(copy_self("/nonexistent-headroom-dir/x").is_err());
+    }
 }
