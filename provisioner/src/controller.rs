@@ -552,6 +552,18 @@ async fn observe_and_act(
         && ctx.warm_helper.is_some()
         && !shape.images.containers.is_empty()
     {
+        if !ctx.dry_run {
+            leading(ctx)?;
+            match provider.refresh_images(&pref, &shape).await {
+                Ok(true) => {
+                    tracing::info!(namespace = %ns, policy = %name, images = %shape.images.hash, "placeholders replaced for new images")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, policy = %name, error = %e, "cannot update the placeholders' images")
+                }
+            }
+        }
         let w = warm_placeholders(ctx, &pref, &shape.images.hash).await;
         set_image_warm_condition(c, &w);
         report.image_warm = Some(w.status.clone());

@@ -213,6 +213,18 @@ pub trait CapacityProvider: Send + Sync {
 
     /// Remove `ids`, each idle. Already gone is success.
     async fn remove(&self, policy: &PolicyRef, ids: &[String]) -> Result<(), ProviderError>;
+
+    /// Brings what exists up to date with the workload's images where units are built from a
+    /// template (overprovision: a new image list rewrites the placeholder template, so the
+    /// placeholders are replaced by ones that pull the new images). Returns whether anything
+    /// was written. Default: nothing to do.
+    async fn refresh_images(
+        &self,
+        _policy: &PolicyRef,
+        _shape: &Shape,
+    ) -> Result<bool, ProviderError> {
+        Ok(false)
+    }
 }
 
 /// Values the unit tests of several modules build.

@@ -436,4 +436,39 @@ async fn warm_placeholders_run_the_workload_images_with_the_helper() {
         pod.metadata.annotations.as_ref().unwrap()[warm::IMAGES_ANNOTATION],
         hash
     );
+    assert!(
+        !provider.refresh_images(&policy, &shape).await.unwrap(),
+        "the same images: nothing to write"
+    );
+
+    // A new sidecar image: the template changes and the placeholder is replaced by one that
+    // runs (so pulled) the new image.
+    workload.containers[1].image = Some("registry.example/sidecar:4".into());
+    let shape = shape_of(&workload).unwrap();
+    assert!(provider.refresh_images(&policy, &shape).await.unwrap());
+    let new_hash = shape.images.hash.clone();
+    assert_ne!(new_hash, hash);
+    wait_until(WAIT, "a warm placeholder running the new image", || {
+        let pods = pods.clone();
+        let new_hash = new_hash.clone();
+        async move {
+            let live = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=headroom-placeholder"))
+                .await?
+                .items;
+            let live: Vec<&Pod> = live
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            Ok((live.len() == 1
+                && warm::placeholder_state(live[0], &new_hash).0 == warm::UnitState::Warm
+                && live[0].spec.as_ref().unwrap().containers[1]
+                    .image
+                    .as_deref()
+                    == Some("registry.example/sidecar:4"))
+            .then_some(()))
+        }
+    })
+    .await
+    .unwrap();
 }

@@ -287,6 +287,17 @@ impl CapacityProvider for Timed {
         self.record("remove", start, &r);
         r
     }
+
+    async fn refresh_images(
+        &self,
+        policy: &PolicyRef,
+        shape: &Shape,
+    ) -> Result<bool, ProviderError> {
+        let start = Instant::now();
+        let r = self.0.refresh_images(policy, shape).await;
+        self.record("refresh_images", start, &r);
+        r
+    }
 }
 
 #[cfg(test)]

@@ -419,6 +419,43 @@ impl CapacityProvider for OverprovisionProvider {
         Ok(())
     }
 
+    async fn refresh_images(
+        &self,
+        policy: &PolicyRef,
+        shape: &crate::shape::Shape,
+    ) -> Result<bool, ProviderError> {
+        let name = deployment_name(policy);
+        let images_of = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(crate::warm::IMAGES_ANNOTATION))
+                .cloned()
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self
+                .deployments(policy)
+                .get_opt(&name)
+                .await
+                .map_err(|e| api_error(e, "Deployment", &name))?;
+            let Some(current) = current else {
+                return Ok(false);
+            };
+            let desired = self.build(policy, shape, replicas_of(&current));
+            if images_of(&desired) == images_of(&current) {
+                return Ok(false);
+            }
+            match self.write(policy, desired, Some(&current), None).await {
+                Err(ProviderError::Conflict(_)) if attempt < WRITE_ATTEMPTS => continue,
+                other => other?,
+            }
+            return Ok(true);
+        }
+    }
+
     async fn remove(&self, policy: &PolicyRef, ids: &[String]) -> Result<(), ProviderError> {
         let existing: Vec<String> = self
             .placeholder_pods(policy)
