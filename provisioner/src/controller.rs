@@ -40,6 +40,7 @@ use crate::plan::{self, Caps, Limits, Millis, OwnedNode, PlanInput, Usage, Want}
 use crate::provider::{CreateRequest, Holdings, PolicyRef, ProviderError, Unit};
 use crate::providers::{self, ForPolicyError, karpenter::POLICY_REF_ANNOTATION};
 use crate::shape::{Shape, shape_of};
+use crate::warm::{self, PullState, UnitState};
 
 /// Finalizer on every policy: its capacity is removed before it goes.
 pub const FINALIZER: &str = "headroom.dev/cleanup";
@@ -93,6 +94,8 @@ pub struct Context {
     /// Every policy the loop watches, to know whose share the tally lacks.
     policies: Store<PrewarmPolicy>,
     leadership: Leadership,
+    /// Where the image-warming helper comes from; no warming when `None`.
+    warm_helper: Option<warm::Helper>,
 }
 
 impl std::fmt::Debug for Context {
@@ -121,6 +124,8 @@ pub struct Settings {
     pub leadership: Leadership,
     /// TLS of the Demand client, for `https://` demand addresses.
     pub demand_tls: Option<crate::demand::DemandTls>,
+    /// Where the image-warming helper comes from; no warming when `None`.
+    pub warm_helper: Option<crate::warm::Helper>,
 }
 
 pub fn now_ms() -> Millis {
@@ -201,6 +206,7 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         tally: Mutex::new(HashMap::new()),
         policies: policy_reader.clone(),
         leadership: settings.leadership.clone(),
+        warm_helper: settings.warm_helper.clone(),
     });
 
     let in_namespace = {
@@ -349,6 +355,8 @@ struct Report {
     gauges: Option<PolicyGauges>,
     /// The policy's share of the caps was recorded in this pass.
     counted: bool,
+    /// Units by image-warm state, when warming ran.
+    image_warm: Option<crate::crd::ImageWarmStatus>,
 }
 
 async fn apply(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
@@ -484,7 +492,8 @@ async fn observe_and_act(
     );
 
     // The provider and the node type it makes.
-    let built = match providers::for_policy(&ctx.client, policy, &shape).await {
+    let warm_helper = ctx.warm_helper.as_ref();
+    let built = match providers::for_policy(&ctx.client, policy, &shape, warm_helper).await {
         Ok(b) => b,
         Err(e) => {
             let reason = e.reason();
@@ -538,6 +547,64 @@ async fn observe_and_act(
     };
     let units = held.units.clone();
     record_time_to_capacity(ctx, &pref, provider.name(), &units);
+    // Image warming (karpenter mode): units pulling keep their disruption protection.
+    let mut pulling = HashSet::new();
+    if provider.name() == "karpenter"
+        && ctx.warm_helper.is_some()
+        && !ctx.boundaries.allows_workloads_in(&ns)
+    {
+        // Pre-pull pods are pods in the policy's namespace: only where the operator lets
+        // Headroom create them (and its Roles grant it).
+        c.set(
+            "ImageWarm",
+            false,
+            "NotAllowed",
+            format!(
+                "namespace {ns} is not one where the operator lets Headroom create pre-pull pods (--workload-namespaces): units come up without the workload's images"
+            ),
+        );
+    } else if provider.name() == "karpenter"
+        && let (Some(helper), Some(template_spec)) = (&ctx.warm_helper, template.spec.as_ref())
+    {
+        match warm_units(ctx, &pref, template_spec, &units, helper, now).await {
+            Ok(w) => {
+                set_image_warm_condition(c, &w);
+                report.image_warm = Some(w.status.clone());
+                pulling = w.pulling;
+            }
+            Err(Error::NotLeader) => return Err(Error::NotLeader),
+            // Warming is not capacity: planning goes on, and the condition says why units
+            // stay cold.
+            Err(e) => {
+                tracing::warn!(namespace = %ns, policy = %name, error = %e, "image warming failed");
+                c.set(
+                    "ImageWarm",
+                    false,
+                    "PrePullFailed",
+                    format!("pre-pull pods: {e}"),
+                );
+            }
+        }
+    } else if provider.name() == "overprovision"
+        && ctx.warm_helper.is_some()
+        && !shape.images.containers.is_empty()
+    {
+        if !ctx.dry_run {
+            leading(ctx)?;
+            match provider.refresh_images(&pref, &shape).await {
+                Ok(true) => {
+                    tracing::info!(namespace = %ns, policy = %name, images = %shape.images.hash, "placeholders replaced for new images")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, policy = %name, error = %e, "cannot update the placeholders' images")
+                }
+            }
+        }
+        let w = warm_placeholders(ctx, &pref, &shape.images.hash).await;
+        set_image_warm_condition(c, &w);
+        report.image_warm = Some(w.status.clone());
+    }
     // Held units get their last-needed mark refreshed only now and then, so the writes do not
     // wake us in a loop.
     let refresh = (scale_down / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -779,6 +846,7 @@ async fn observe_and_act(
     let release: Vec<String> = units
         .iter()
         .filter(|u| !plan.needed.contains(&u.id) && !plan.remove.contains(&u.id))
+        .filter(|u| !pulling.contains(&u.id))
         .map(|u| u.id.clone())
         .collect();
     // Only units that exist as objects are removed (not the stand-ins for unmade replicas).
@@ -1179,7 +1247,9 @@ fn occupancy(
         let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
             continue;
         };
-        let daemon = p.owner_references().iter().any(|o| o.kind == "DaemonSet");
+        // Daemons and Headroom's own pre-pull pods do not make a node busy.
+        let daemon = p.owner_references().iter().any(|o| o.kind == "DaemonSet")
+            || p.labels().contains_key(warm::WARM_LABEL);
         if ours.contains(node) {
             if !daemon {
                 *busy.entry(node).or_default() += 1;
@@ -1274,7 +1344,7 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
             !*ok
         };
         let changed = previous.is_none_or(|p| p.status != status || p.reason != *reason);
-        if bad && changed && *reason != "WaitingForDemand" {
+        if bad && changed && !matches!(*reason, "WaitingForDemand" | "Pulling") {
             publish(
                 ctx,
                 policy,
@@ -1318,6 +1388,7 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
         in_flight_nodes: in_flight,
         last_forecast: report.forecast.clone().or(old.last_forecast),
         observed_time_to_capacity_seconds: ttc,
+        image_warm: report.image_warm.clone().or(old.image_warm),
         conditions,
     };
     if let Some(mut g) = report.gauges {
@@ -1346,6 +1417,321 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
     Ok(())
 }
 
+/// What the warm pass found.
+#[derive(Debug, Default)]
+struct Warmth {
+    status: crate::crd::ImageWarmStatus,
+    /// Units pulling now.
+    pulling: HashSet<String>,
+    /// (unit, node, image, reason, message) of units whose images cannot be pulled.
+    failures: Vec<(String, String, String, &'static str, String)>,
+}
+
+/// The pre-pull pods of `policy`, from the pod cache.
+fn prepull_pods(ctx: &Context, policy: &PolicyRef) -> Vec<Arc<Pod>> {
+    let label = crate::karpenter::policy_label(&policy.namespace, &policy.name);
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(policy.namespace.as_str()))
+        .filter(|p| p.labels().get(POLICY_LABEL) == Some(&label))
+        .filter(|p| {
+            p.labels().get(warm::WARM_LABEL).map(String::as_str) == Some(warm::WARM_PREPULL)
+        })
+        .collect()
+}
+
+/// Deletes the policy's pre-pull pods that `doomed` picks (not being deleted already).
+async fn remove_prepull_pods(
+    ctx: &Context,
+    policy: &PolicyRef,
+    doomed: impl Fn(&Pod) -> bool,
+) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &policy.namespace);
+    for p in prepull_pods(ctx, policy) {
+        if p.metadata.deletion_timestamp.is_some() || !doomed(&p) {
+            continue;
+        }
+        leading(ctx)?;
+        match api
+            .delete(
+                &p.name_any(),
+                &kube::api::DeleteParams::default().grace_period(0),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Makes ready units image-warm: a pre-pull pod per ready unit that does not hold the current
+/// images; once pulled, the unit's NodeClaim records the images' hash and the pod goes. Pods
+/// for other images or units are removed. Writes nothing in dry-run mode.
+async fn warm_units(
+    ctx: &Context,
+    policy: &PolicyRef,
+    template: &k8s_openapi::api::core::v1::PodSpec,
+    units: &[Unit],
+    helper: &warm::Helper,
+    now: Millis,
+) -> Result<Warmth, Error> {
+    let images = warm::images_of(template);
+    let hash = warm::images_hash(&images);
+    let label = crate::karpenter::policy_label(&policy.namespace, &policy.name);
+    let policy_ref = format!("{}/{}", policy.namespace, policy.name);
+    let pods = prepull_pods(ctx, policy);
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &policy.namespace);
+    let claims: Api<DynamicObject> = Api::all_with(
+        ctx.client.clone(),
+        &providers::karpenter::node_claim_resource(),
+    );
+    let act = !ctx.dry_run;
+    let mut w = Warmth {
+        status: crate::crd::ImageWarmStatus {
+            images: hash.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut wanted: HashSet<String> = HashSet::new();
+    for u in units {
+        let state = match (u.ready, u.node_name.as_deref()) {
+            (false, _) | (_, None) => UnitState::Booting,
+            _ if images.is_empty() || u.images.as_deref() == Some(hash.as_str()) => UnitState::Warm,
+            (true, Some(node)) => {
+                let name = warm::prepull_name(&u.id, &hash);
+                wanted.insert(name.clone());
+                let pod = pods
+                    .iter()
+                    .find(|p| p.name_any() == name && p.metadata.deletion_timestamp.is_none());
+                match pod.map(|p| (p, warm::classify(p))) {
+                    None => {
+                        if act {
+                            let pod = warm::prepull_pod(&warm::Prepull {
+                                namespace: &policy.namespace,
+                                policy_label: &label,
+                                policy_ref: &policy_ref,
+                                unit: &u.id,
+                                node,
+                                template,
+                                helper,
+                            });
+                            leading(ctx)?;
+                            match pod_api.create(&Default::default(), &pod).await {
+                                Ok(_) => {
+                                    metrics::image_pull_started(&policy.namespace, &policy.name);
+                                    tracing::info!(namespace = %policy.namespace, policy = %policy.name, unit = %u.id, %node, pod = %name, "pre-pull pod created");
+                                }
+                                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        UnitState::Pulling
+                    }
+                    Some((_, PullState::Pulling)) => UnitState::Pulling,
+                    Some((_, PullState::Pulled)) => {
+                        if act {
+                            leading(ctx)?;
+                            let patch = json!({"metadata": {"annotations": {warm::IMAGES_ANNOTATION: hash}}});
+                            match claims
+                                .patch(&u.id, &PatchParams::default(), &Patch::Merge(&patch))
+                                .await
+                            {
+                                Ok(_) => {}
+                                // The NodeClaim is gone: the next pass drops its pod.
+                                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                            let secs = now.saturating_sub(u.created_at).max(0) as f64 / 1000.0;
+                            // From asking for the unit: its first images only, not a re-pull.
+                            if u.images.is_none() {
+                                metrics::time_to_image_warm(&policy.namespace, &policy.name, secs);
+                            }
+                            tracing::info!(namespace = %policy.namespace, policy = %policy.name, unit = %u.id, %node, seconds = secs, "unit image-warm");
+                        }
+                        // The pod goes below, as one no longer wanted.
+                        wanted.remove(&name);
+                        UnitState::Warm
+                    }
+                    Some((
+                        p,
+                        PullState::Failed {
+                            reason,
+                            image,
+                            message,
+                        },
+                    )) => {
+                        let reason = warm::reason_label(&reason);
+                        count_pull_failure(ctx, policy, p, reason).await;
+                        w.failures
+                            .push((u.id.clone(), node.to_string(), image, reason, message));
+                        UnitState::Failed
+                    }
+                }
+            }
+        };
+        match state {
+            UnitState::Booting => w.status.booting_units += 1,
+            UnitState::Pulling => {
+                w.status.pulling_units += 1;
+                w.pulling.insert(u.id.clone());
+            }
+            UnitState::Warm => w.status.warm_units += 1,
+            UnitState::Failed => {
+                w.status.failed_units += 1;
+                // A failed pull keeps the pod (the kubelet retries it); the node stays held.
+                w.pulling.insert(u.id.clone());
+            }
+        }
+    }
+    if act {
+        remove_prepull_pods(ctx, policy, |p| !wanted.contains(&p.name_any())).await?;
+    }
+    warm_gauges(policy, &w);
+    Ok(w)
+}
+
+/// Marks a pod whose pull failed, so the failure is counted once.
+const PULL_FAILED_ANNOTATION: &str = "headroom.dev/pull-failed";
+
+async fn count_pull_failure(ctx: &Context, policy: &PolicyRef, pod: &Pod, reason: &'static str) {
+    if ctx.dry_run
+        || pod.annotations().contains_key(PULL_FAILED_ANNOTATION)
+        || !ctx.leadership.is_held()
+    {
+        return;
+    }
+    metrics::image_pull_failed(&policy.namespace, &policy.name, reason);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &policy.namespace);
+    let patch = json!({"metadata": {"annotations": {PULL_FAILED_ANNOTATION: reason}}});
+    if let Err(e) = api
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::debug!(error = %e, pod = %pod.name_any(), "cannot mark a failed pull");
+    }
+}
+
+/// Placeholders (overprovision mode) by warm state, from the pod cache: they run the
+/// workload's images, so a running placeholder of the current template holds them.
+async fn warm_placeholders(ctx: &Context, policy: &PolicyRef, hash: &str) -> Warmth {
+    let label = crate::karpenter::policy_label(&policy.namespace, &policy.name);
+    let mut w = Warmth {
+        status: crate::crd::ImageWarmStatus {
+            images: hash.to_string(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(policy.namespace.as_str()))
+        .filter(|p| p.labels().get(POLICY_LABEL) == Some(&label))
+        .filter(|p| {
+            p.labels().get("app.kubernetes.io/name").map(String::as_str)
+                == Some("headroom-placeholder")
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    for p in pods {
+        let (state, pull) = warm::placeholder_state(&p, hash);
+        match state {
+            UnitState::Booting => w.status.booting_units += 1,
+            UnitState::Pulling => w.status.pulling_units += 1,
+            UnitState::Warm => w.status.warm_units += 1,
+            UnitState::Failed => w.status.failed_units += 1,
+        }
+        if let PullState::Failed {
+            reason,
+            image,
+            message,
+        } = pull
+        {
+            let reason = warm::reason_label(&reason);
+            count_pull_failure(ctx, policy, &p, reason).await;
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            w.failures
+                .push((p.name_any(), node, image, reason, message));
+        }
+    }
+    warm_gauges(policy, &w);
+    w
+}
+
+fn warm_gauges(policy: &PolicyRef, w: &Warmth) {
+    let s = &w.status;
+    metrics::image_warm_units(
+        &policy.namespace,
+        &policy.name,
+        &UnitState::ALL.map(|st| {
+            (
+                st.name(),
+                match st {
+                    UnitState::Booting => s.booting_units,
+                    UnitState::Pulling => s.pulling_units,
+                    UnitState::Warm => s.warm_units,
+                    UnitState::Failed => s.failed_units,
+                },
+            )
+        }),
+    );
+}
+
+/// `ImageWarm`: False with the kubelet's reason while an image cannot be pulled, naming the
+/// image and node; False `Pulling` while pulls run; True once every ready unit holds them.
+fn set_image_warm_condition(c: &mut Conditions, w: &Warmth) {
+    let s = &w.status;
+    if let Some((unit, node, image, reason, message)) = w.failures.first() {
+        let more = match w.failures.len() {
+            1 => String::new(),
+            n => format!(" (and {} more unit(s))", n - 1),
+        };
+        c.set(
+            "ImageWarm",
+            false,
+            reason,
+            format!(
+                "image {image:?} cannot be pulled on node {node} (unit {unit}): {message}{more}; {} unit(s) image-warm",
+                s.warm_units
+            ),
+        );
+    } else if s.pulling_units > 0 {
+        c.set(
+            "ImageWarm",
+            false,
+            "Pulling",
+            format!(
+                "{} unit(s) pulling the workload's images, {} image-warm, {} booting",
+                s.pulling_units, s.warm_units, s.booting_units
+            ),
+        );
+    } else {
+        c.set(
+            "ImageWarm",
+            true,
+            "ImagesPulled",
+            format!(
+                "{} ready unit(s) hold the workload's images, {} booting",
+                s.warm_units, s.booting_units
+            ),
+        );
+    }
+}
+
 /// On deletion: removes everything the policy holds (not in dry-run mode), then lets it go.
 async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(policy);
@@ -1372,6 +1758,7 @@ async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error>
         Err(ProviderError::Missing { .. }) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
+    remove_prepull_pods(ctx, &pref, |_| true).await?;
     if !units.is_empty() {
         let ids: Vec<String> = units.into_iter().map(|u| u.id).collect();
         leading(ctx)?;

@@ -283,9 +283,34 @@ pub struct PrewarmPolicyStatus {
     /// Seconds from asking for a node to its being ready, for the most recent node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_time_to_capacity_seconds: Option<f64>,
-    /// `Ready`, `LimitReached`, `DemandAvailable`, `ShapeResolved`.
+    /// Units by image-warm state (karpenter mode, with image warming on): a unit is warm only
+    /// once it holds the workload's images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_warm: Option<ImageWarmStatus>,
+    /// `Ready`, `LimitReached`, `DemandAvailable`, `ShapeResolved`, `ImageWarm`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Units by image-warm state.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageWarmStatus {
+    /// Ready units holding the workload's current images.
+    #[serde(default)]
+    pub warm_units: u32,
+    /// Ready units pulling them (a pre-pull pod runs on the node).
+    #[serde(default)]
+    pub pulling_units: u32,
+    /// Units whose node is not Ready yet.
+    #[serde(default)]
+    pub booting_units: u32,
+    /// Ready units where an image cannot be pulled (see the `ImageWarm` condition): not warm.
+    #[serde(default)]
+    pub failed_units: u32,
+    /// The hash of the workload's image list the counts are about (`headroom.dev/images`).
+    #[serde(default)]
+    pub images: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

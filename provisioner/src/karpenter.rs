@@ -216,6 +216,7 @@ mod tests {
                 ),
             ]
             .into(),
+            images: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`provider`]: the `CapacityProvider` contract; [`providers`]: its implementations;
 //! - [`demand`]: the client of the scaler's `headroom.v1.Demand` stream;
 //! - [`controller`]: the reconcile loop; [`leader`]: Lease-based leader election;
+//! - [`warm`]: image-warm capacity (pre-pull pods, the helper they run);
 //! - [`serve`]: the process (HTTP endpoints, election, the loop while leading), [`metrics`].
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod provider;
 pub mod providers;
 pub mod serve;
 pub mod shape;
+pub mod warm;
 
 pub use serve::{Config, Running, start};
 

@@ -92,6 +92,12 @@ async fn run(args: ServeArgs) -> ExitCode {
             metrics_exporter_prometheus::Matcher::Full(metrics::TIME_TO_CAPACITY.into()),
             metrics::TIME_TO_CAPACITY_BUCKETS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(metrics::TIME_TO_IMAGE_WARM.into()),
+                metrics::TIME_TO_CAPACITY_BUCKETS,
+            )
+        })
         .and_then(|b| b.set_buckets(metrics::CALL_BUCKETS))
         .and_then(|b| b.install_recorder())
     {

@@ -23,6 +23,10 @@ pub const LEADER: &str = "headroom_provisioner_leader";
 pub const CLUSTER_USAGE: &str = "headroom_provisioner_cluster_usage";
 pub const CLUSTER_CAP_HELD: &str = "headroom_provisioner_cluster_cap_held_total";
 pub const BUILD_INFO: &str = "headroom_build_info";
+pub const IMAGE_WARM_UNITS: &str = "headroom_provisioner_image_warm_units";
+pub const TIME_TO_IMAGE_WARM: &str = "headroom_provisioner_time_to_image_warm_seconds";
+pub const IMAGE_PULLS_STARTED: &str = "headroom_provisioner_image_pulls_started_total";
+pub const IMAGE_PULLS_FAILED: &str = "headroom_provisioner_image_pulls_failed_total";
 
 /// Buckets of provider calls and reconciles: 1 ms to 30 s.
 pub const CALL_BUCKETS: &[f64] = &[
@@ -94,6 +98,23 @@ pub fn describe() {
         CLUSTER_CAP_HELD,
         "Plans a cap across all policies held below the forecast, by limit (maxTotalNodes, maxTotalGpus, maxTotalHourlyCost)."
     );
+    describe_gauge!(
+        IMAGE_WARM_UNITS,
+        "Units by image-warm state (booting, pulling, warm, failed)."
+    );
+    describe_histogram!(
+        TIME_TO_IMAGE_WARM,
+        metrics::Unit::Seconds,
+        "Time from asking for a unit to its holding the workload's images."
+    );
+    describe_counter!(
+        IMAGE_PULLS_STARTED,
+        "Pre-pull pods created (one per unit and image list)."
+    );
+    describe_counter!(
+        IMAGE_PULLS_FAILED,
+        "Pre-pull pods whose images could not be pulled, by the kubelet's reason."
+    );
     describe_gauge!(BUILD_INFO, "Build information; always 1.");
     gauge!(BUILD_INFO, "component" => "provisioner", "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
@@ -138,6 +159,30 @@ pub fn policy(namespace: &str, policy: &str, g: &PolicyGauges) {
     gauge!(FORECAST_REPLICAS, "namespace" => ns.clone(), "policy" => p.clone())
         .set(f64::from(g.forecast_replicas));
     gauge!(HOURLY_COST, "namespace" => ns, "policy" => p).set(g.hourly_cost);
+}
+
+/// Units of a policy by image-warm state; every state is set, so a state that empties reads 0.
+pub fn image_warm_units(namespace: &str, policy: &str, counts: &[(&'static str, u32)]) {
+    for (state, n) in counts {
+        gauge!(IMAGE_WARM_UNITS, "namespace" => namespace.to_string(), "policy" => policy.to_string(), "state" => *state)
+            .set(f64::from(*n));
+    }
+}
+
+pub fn time_to_image_warm(namespace: &str, policy: &str, seconds: f64) {
+    histogram!(TIME_TO_IMAGE_WARM, "namespace" => namespace.to_string(), "policy" => policy.to_string())
+        .record(seconds);
+}
+
+pub fn image_pull_started(namespace: &str, policy: &str) {
+    counter!(IMAGE_PULLS_STARTED, "namespace" => namespace.to_string(), "policy" => policy.to_string())
+        .increment(1);
+}
+
+/// `reason`: one of [`crate::warm::PULL_FAILURE_REASONS`] or `Other` (bounded).
+pub fn image_pull_failed(namespace: &str, policy: &str, reason: &'static str) {
+    counter!(IMAGE_PULLS_FAILED, "namespace" => namespace.to_string(), "policy" => policy.to_string(), "reason" => reason)
+        .increment(1);
 }
 
 pub fn time_to_capacity(namespace: &str, policy: &str, provider: &'static str, seconds: f64) {
@@ -224,6 +269,10 @@ mod tests {
                 ..Default::default()
             });
             cluster_cap_held("maxTotalGpus");
+            image_warm_units("ml", "gpu", &[("warm", 2), ("failed", 0)]);
+            time_to_image_warm("ml", "gpu", 95.0);
+            image_pull_started("ml", "gpu");
+            image_pull_failed("ml", "gpu", "ErrImagePull");
         });
         let text = handle.render();
         for line in [
@@ -245,6 +294,11 @@ mod tests {
             r#"headroom_provisioner_at_limit{namespace="ml",policy="gpu",limit="maxTotalGpus"} 0"#,
             r#"headroom_provisioner_cluster_usage{resource="gpus"} 12"#,
             r#"headroom_provisioner_cluster_cap_held_total{limit="maxTotalGpus"} 1"#,
+            r#"headroom_provisioner_image_warm_units{namespace="ml",policy="gpu",state="warm"} 2"#,
+            r#"headroom_provisioner_image_warm_units{namespace="ml",policy="gpu",state="failed"} 0"#,
+            r#"headroom_provisioner_time_to_image_warm_seconds_count{namespace="ml",policy="gpu"} 1"#,
+            r#"headroom_provisioner_image_pulls_started_total{namespace="ml",policy="gpu"} 1"#,
+            r#"headroom_provisioner_image_pulls_failed_total{namespace="ml",policy="gpu",reason="ErrImagePull"} 1"#,
             r#"headroom_build_info{component="provisioner",version=""#,
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");

@@ -17,12 +17,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::karpenter::{MANAGED_BY, MANAGED_BY_LABEL, POLICY_LABEL};
 use crate::shape::Shape;
+use crate::warm::{self, Helper};
 
 /// The PriorityClass value of placeholders: below every real pod (0 by default), and -10 is the
 /// lowest value that still makes Cluster Autoscaler scale up for them.
 pub const PRIORITY: i32 = -10;
 
-/// The placeholder Deployment for a policy.
+/// The placeholder Deployment for a policy. With `warm` (the image-warming helper) and a
+/// template that names images, placeholders run the workload's images instead of `image`
+/// (pause): each container runs the helper's `sleep`, each init container its `exit`, so a pod
+/// that preempts a placeholder finds its images on the node. The first container carries the
+/// pod's whole requests, as the pause container does; the others tiny ones.
+#[allow(clippy::too_many_arguments)]
 pub fn deployment(
     name: &str,
     namespace: &str,
@@ -31,6 +37,7 @@ pub fn deployment(
     replicas: u32,
     priority_class: &str,
     image: &str,
+    warm: Option<&Helper>,
 ) -> Deployment {
     let labels: BTreeMap<String, String> = [
         (POLICY_LABEL.to_string(), policy_label.to_string()),
@@ -41,23 +48,24 @@ pub fn deployment(
         ),
     ]
     .into();
+    let resources = ResourceRequirements {
+        requests: Some(shape.requests.clone()),
+        // Extended resources (GPUs) must be given as limits equal to the requests.
+        limits: Some(
+            shape
+                .requests
+                .iter()
+                .filter(|(r, _)| r.contains('/'))
+                .map(|(r, q)| (r.clone(), q.clone()))
+                .collect(),
+        )
+        .filter(|m: &BTreeMap<_, _>| !m.is_empty()),
+        ..Default::default()
+    };
     let pause = Container {
         name: "pause".into(),
         image: Some(image.into()),
-        resources: Some(ResourceRequirements {
-            requests: Some(shape.requests.clone()),
-            // Extended resources (GPUs) must be given as limits equal to the requests.
-            limits: Some(
-                shape
-                    .requests
-                    .iter()
-                    .filter(|(r, _)| r.contains('/'))
-                    .map(|(r, q)| (r.clone(), q.clone()))
-                    .collect(),
-            )
-            .filter(|m: &BTreeMap<_, _>| !m.is_empty()),
-            ..Default::default()
-        }),
+        resources: Some(resources.clone()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -71,6 +79,51 @@ pub fn deployment(
         }),
         ..Default::default()
     };
+    let warm = warm.filter(|_| !shape.images.containers.is_empty());
+    let (containers, init_containers, volumes, annotations) = match warm {
+        None => (vec![pause], None, None, None),
+        Some(helper) => {
+            let images = &shape.images;
+            let mut containers: Vec<Container> = images
+                .containers
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    warm::helper_container(
+                        format!("warm-{i}"),
+                        &r.image,
+                        r.pull_policy.clone(),
+                        "sleep",
+                    )
+                })
+                .collect();
+            if let Some(first) = containers.first_mut() {
+                first.resources = Some(resources);
+            }
+            let mut init = vec![warm::helper_init_container(helper)];
+            init.extend(images.init.iter().enumerate().map(|(i, r)| {
+                warm::helper_container(
+                    format!("warm-init-{i}"),
+                    &r.image,
+                    r.pull_policy.clone(),
+                    "exit",
+                )
+            }));
+            (
+                containers,
+                Some(init),
+                Some(vec![warm::helper_volume()]),
+                // A new image list is a new template: the placeholders roll.
+                Some(BTreeMap::from([(
+                    warm::IMAGES_ANNOTATION.to_string(),
+                    images.hash.clone(),
+                )])),
+            )
+        }
+    };
+    let pull_secrets = warm
+        .map(|_| shape.images.pull_secrets.clone())
+        .filter(|s| !s.is_empty());
     Deployment {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -92,10 +145,14 @@ pub fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations,
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![pause],
+                    containers,
+                    init_containers,
+                    volumes,
+                    image_pull_secrets: pull_secrets,
                     priority_class_name: Some(priority_class.into()),
                     node_selector: (!shape.node_selector.is_empty())
                         .then(|| shape.node_selector.clone()),
@@ -179,6 +236,7 @@ mod tests {
             3,
             "headroom-overprovision",
             "registry.k8s.io/pause:3.10",
+            None,
         );
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
@@ -196,5 +254,84 @@ mod tests {
         assert_eq!(requests["nvidia.com/gpu"].0, "1");
         assert_eq!(r.limits.unwrap()["nvidia.com/gpu"].0, "1");
         assert_eq!(priority_class("x").value, PRIORITY);
+    }
+
+    #[test]
+    fn warm_placeholders_run_every_workload_image_and_roll_when_the_images_change() {
+        let mut workload: PodSpec = serde_json::from_value(serde_json::json!({
+            "initContainers": [{"name": "migrate", "image": "r/migrate:1"}],
+            "containers": [
+                {"name": "worker", "image": "r/worker:1",
+                 "resources": {"requests": {"cpu": "2"}, "limits": {"nvidia.com/gpu": "1"}}},
+                {"name": "sidecar", "image": "r/sidecar:1"},
+            ],
+            "imagePullSecrets": [{"name": "regcred"}],
+        }))
+        .unwrap();
+        let helper = Helper {
+            image: "headroom:1".into(),
+            path: "/usr/local/bin/headroom-warm".into(),
+        };
+        let build = |w: &PodSpec| {
+            let d = deployment(
+                "d",
+                "ml",
+                "ml.p",
+                &shape_of(w).unwrap(),
+                1,
+                "pc",
+                "pause",
+                Some(&helper),
+            );
+            d.spec.unwrap().template
+        };
+        let t = build(&workload);
+        let pod = t.spec.clone().unwrap();
+        let images: Vec<_> = pod
+            .containers
+            .iter()
+            .map(|c| c.image.clone().unwrap())
+            .collect();
+        assert_eq!(images, ["r/worker:1", "r/sidecar:1"]);
+        assert!(
+            pod.containers
+                .iter()
+                .all(|c| c.command.as_ref().unwrap()[1] == "sleep")
+        );
+        let first = pod.containers[0].resources.clone().unwrap();
+        assert_eq!(first.requests.unwrap()["cpu"].0, "2000m");
+        assert_eq!(first.limits.unwrap()["nvidia.com/gpu"].0, "1");
+        let second = pod.containers[1].resources.clone().unwrap();
+        assert_eq!(second.requests.unwrap()["cpu"].0, "1m");
+        let init = pod.init_containers.unwrap();
+        assert_eq!(init[0].image.as_deref(), Some("headroom:1"));
+        assert_eq!(init[1].image.as_deref(), Some("r/migrate:1"));
+        assert_eq!(init[1].command.as_ref().unwrap()[1], "exit");
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("pc"));
+        assert_eq!(pod.termination_grace_period_seconds, Some(0));
+        let hash = t.metadata.unwrap().annotations.unwrap()[warm::IMAGES_ANNOTATION].clone();
+        workload.containers[1].image = Some("r/sidecar:2".into());
+        let changed = build(&workload).metadata.unwrap().annotations.unwrap();
+        assert_ne!(
+            changed[warm::IMAGES_ANNOTATION],
+            hash,
+            "a new template: placeholders roll"
+        );
+        // Without the helper: pause, as before.
+        let d = deployment(
+            "d",
+            "ml",
+            "ml.p",
+            &shape_of(&workload).unwrap(),
+            1,
+            "pc",
+            "pause",
+            None,
+        );
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.containers.len(), 1);
+        assert_eq!(pod.containers[0].image.as_deref(), Some("pause"));
+        assert_eq!(pod.init_containers, None);
     }
 }

@@ -78,6 +78,9 @@ pub struct Unit {
     /// GPUs of the unit, when the platform reported them (a launched NodeClaim's capacity);
     /// otherwise the controller counts its instance type's, or the worst case.
     pub gpus: Option<u32>,
+    /// The [`crate::warm::images_hash`] of the workload images the unit is known to hold
+    /// (the `headroom.dev/images` annotation), if any.
+    pub images: Option<String>,
 }
 
 /// Everything a provider holds for a policy, as the limits count it.
@@ -216,6 +219,18 @@ pub trait CapacityProvider: Send + Sync {
 
     /// Remove `ids`, each idle. Already gone is success.
     async fn remove(&self, policy: &PolicyRef, ids: &[String]) -> Result<(), ProviderError>;
+
+    /// Brings what exists up to date with the workload's images where units are built from a
+    /// template (overprovision: a new image list rewrites the placeholder template, so the
+    /// placeholders are replaced by ones that pull the new images). Returns whether anything
+    /// was written. Default: nothing to do.
+    async fn refresh_images(
+        &self,
+        _policy: &PolicyRef,
+        _shape: &Shape,
+    ) -> Result<bool, ProviderError> {
+        Ok(false)
+    }
 }
 
 /// Values the unit tests of several modules build.
@@ -247,6 +262,7 @@ pub(crate) mod fixtures {
             last_needed: 0,
             hourly_price: 0.0,
             gpus: None,
+            images: None,
         }
     }
 }

@@ -102,6 +102,19 @@ pub struct ServeArgs {
     /// to the namespaces its Roles grant).
     #[arg(long, env = "HEADROOM_WORKLOAD_NAMESPACES", value_delimiter = ',')]
     pub workload_namespaces: Option<Vec<String>>,
+    /// Image holding the `headroom-warm` helper (normally the provisioner's own image; the
+    /// chart sets it). When set, karpenter-mode units are warmed: a pre-pull pod pulls the
+    /// workload's images onto each new node, and a unit counts as image-warm only then.
+    /// Unset: no warming.
+    #[arg(long, env = "HEADROOM_WARM_HELPER_IMAGE")]
+    pub warm_helper_image: Option<String>,
+    /// Path of the `headroom-warm` helper inside --warm-helper-image.
+    #[arg(
+        long,
+        env = "HEADROOM_WARM_HELPER_PATH",
+        default_value = "/usr/local/bin/headroom-warm"
+    )]
+    pub warm_helper_path: String,
 }
 
 /// Validated configuration.
@@ -119,6 +132,8 @@ pub struct Config {
     pub demand_tls: Option<DemandTls>,
     /// What policies may name.
     pub boundaries: Boundaries,
+    /// Where the image-warming helper comes from; no warming when `None`.
+    pub warm_helper: Option<crate::warm::Helper>,
 }
 
 impl Config {
@@ -139,6 +154,7 @@ impl Config {
             caps: Caps::default(),
             demand_tls: None,
             boundaries: Boundaries::default(),
+            warm_helper: None,
         }
     }
 }
@@ -250,6 +266,21 @@ impl ServeArgs {
                     .collect()
             }),
         };
+        let warm_helper = match self.warm_helper_image.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(image) => {
+                if !self.warm_helper_path.starts_with('/') {
+                    errors.push(format!(
+                        "--warm-helper-path: {:?} is not an absolute path",
+                        self.warm_helper_path
+                    ));
+                }
+                Some(crate::warm::Helper {
+                    image: image.to_string(),
+                    path: self.warm_helper_path.clone(),
+                })
+            }
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -279,6 +310,7 @@ impl ServeArgs {
                 ca_pem,
                 identity: cert.zip(key),
             }),
+            warm_helper,
         })
     }
 }
@@ -401,6 +433,7 @@ pub async fn start(
             boundaries: config.boundaries.clone(),
             leadership,
             demand_tls: config.demand_tls.clone(),
+            warm_helper: config.warm_helper.clone(),
         };
         let grace = config.shutdown_grace;
         let shutdown = shutdown.clone();
@@ -501,6 +534,8 @@ mod tests {
             allowed_ec2_endpoints: None,
             allowed_priority_classes: None,
             workload_namespaces: None,
+            warm_helper_image: None,
+            warm_helper_path: "/usr/local/bin/headroom-warm".into(),
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Shape {
     pub tolerations: Vec<Toleration>,
     /// The whole requests of one pod, for placeholders that must match it exactly.
     pub requests: BTreeMap<String, Quantity>,
+    /// The pod's images, for placeholders that warm them.
+    pub images: crate::warm::PodImages,
 }
 
 impl Shape {
@@ -82,6 +84,7 @@ pub fn shape_of(spec: &PodSpec) -> Result<Shape, ShapeError> {
         affinity: spec.affinity.clone(),
         tolerations: spec.tolerations.clone().unwrap_or_default(),
         requests,
+        images: crate::warm::PodImages::of(spec),
     })
 }
 

@@ -395,6 +395,9 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
         ("update", "deployments.apps", Some("ml")),
         ("watch", "pods", Some("ml")),
         ("patch", "pods", Some("ml")),
+        // Pre-pull pods (provisioner.warm.enabled, the default).
+        ("create", "pods", Some("ml")),
+        ("delete", "pods", Some("ml")),
         ("patch", "prewarmpolicies.headroom.dev", Some("ml")),
         ("list", "nodes", None),
         ("create", "nodeclaims.karpenter.sh", None),
@@ -413,8 +416,7 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
     }
     let no: &[(&str, &str, Option<&str>)] = &[
         ("get", "secrets", Some("ml")),
-        ("create", "pods", Some("ml")),
-        ("delete", "pods", Some("ml")),
+        ("update", "pods", Some("ml")),
         ("delete", "nodes", None),
         ("update", "nodeclaims.karpenter.sh", None),
         ("create", "nodepools.karpenter.sh", None),
@@ -425,6 +427,8 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
         ("update", "deployments.apps", Some("etl")),
         ("delete", "deployments.apps", Some("etl")),
         ("patch", "pods", Some("etl")),
+        ("create", "pods", Some("etl")),
+        ("delete", "pods", Some("etl")),
         ("update", "leases.coordination.k8s.io", Some("ml")),
         ("patch", "scaledobjects.keda.sh", Some("ml")),
     ];

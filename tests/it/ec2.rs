@@ -70,6 +70,7 @@ fn shape() -> Shape {
         affinity: None,
         tolerations: Vec::new(),
         requests: BTreeMap::new(),
+        images: Default::default(),
     }
 }
 

@@ -264,3 +264,211 @@ async fn placeholders_take_the_workload_shape_land_on_gpu_nodes_and_are_preempte
     assert!(units.iter().all(|u| u.node_name.is_none()), "{units:?}");
     assert!(!units.iter().any(|u| u.id == kept), "the old pods are gone");
 }
+
+/// With image warming on, placeholders run the workload's images (every container, the init
+/// containers' images as init containers) with the `headroom-warm` helper copied in by an
+/// init container, its pull secrets, the workload's shape on the first container and the
+/// negative priority as before; kwok runs them, and they read as image-warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_placeholders_run_the_workload_images_with_the_helper() {
+    use headroom_provisioner::warm;
+
+    let cluster = KubeCluster::shared().unwrap();
+    let client = cluster.client().await.unwrap();
+    let ns = create_namespace(&client, "overprovision-warm")
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = format!("{ns}-gpu-1");
+    create_fake_node(
+        &client,
+        &FakeNode::new(&node)
+            .gpus(1)
+            .label("headroom-test/pool", &ns)
+            .label("gpu-class", "a10g"),
+    )
+    .await
+    .unwrap();
+    wait_until(WAIT, "GPU node ready", || {
+        let nodes = nodes.clone();
+        let node = node.clone();
+        async move { Ok(node_is_ready(&nodes.get(&node).await?).then_some(())) }
+    })
+    .await
+    .unwrap();
+
+    let mut workload = workload_pod(&ns);
+    workload.containers[0].image = Some("registry.example/worker:2".into());
+    workload.containers.push(
+        serde_json::from_value(serde_json::json!(
+            {"name": "sidecar", "image": "registry.example/sidecar:3", "imagePullPolicy": "Always"}
+        ))
+        .unwrap(),
+    );
+    workload.init_containers = Some(vec![
+        serde_json::from_value(serde_json::json!(
+            {"name": "migrate", "image": "registry.example/migrate:1"}
+        ))
+        .unwrap(),
+    ]);
+    workload.image_pull_secrets = Some(vec![
+        serde_json::from_value(serde_json::json!(
+            {"name": "regcred"}
+        ))
+        .unwrap(),
+    ]);
+    let shape = shape_of(&workload).unwrap();
+    let spec: OverprovisionSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+    let priority_class = spec.priority_class_name.clone();
+    let provider =
+        OverprovisionProvider::new(client.clone(), spec).with_warm_helper(Some(warm::Helper {
+            image: "headroom/provisioner:test".into(),
+            path: "/usr/local/bin/headroom-warm".into(),
+        }));
+    let policy = PolicyRef {
+        namespace: ns.clone(),
+        name: "gpu-worker".into(),
+        uid: String::new(),
+    };
+    let created = provider
+        .create(
+            &policy,
+            &CreateRequest {
+                count: 1,
+                shape: &shape,
+                token: "warm-0".into(),
+                now: 1_000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.len(), 1);
+    units_when(&provider, &policy, "one ready placeholder", |u| {
+        u.len() == 1 && u[0].ready
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let live = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=headroom-placeholder"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(live.len(), 1);
+    let pod = &live[0];
+    let hash = warm::images_hash(
+        &[
+            "registry.example/migrate:1",
+            "registry.example/worker:2",
+            "registry.example/sidecar:3",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(
+        warm::placeholder_state(pod, &hash).0,
+        warm::UnitState::Warm,
+        "running, with the current images: {:?}",
+        pod.status
+    );
+    let spec = pod.spec.clone().unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some(node.as_str()));
+    assert_eq!(
+        spec.priority_class_name.as_deref(),
+        Some(priority_class.as_str())
+    );
+    assert!(spec.priority.unwrap() < 0, "negative priority as before");
+    let images: Vec<&str> = spec
+        .containers
+        .iter()
+        .map(|c| c.image.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        images,
+        ["registry.example/worker:2", "registry.example/sidecar:3"]
+    );
+    assert_eq!(
+        spec.containers[1].image_pull_policy.as_deref(),
+        Some("Always")
+    );
+    for c in &spec.containers {
+        assert_eq!(
+            c.command.clone().unwrap(),
+            ["/headroom-warm/headroom-warm", "sleep"]
+        );
+    }
+    let first = spec.containers[0].resources.clone().unwrap();
+    assert_eq!(quantity(&first.requests.unwrap()["cpu"]), 3.0);
+    assert_eq!(first.limits.unwrap()["nvidia.com/gpu"].0, "1");
+    let second = spec.containers[1]
+        .resources
+        .clone()
+        .unwrap()
+        .requests
+        .unwrap();
+    assert_eq!(
+        second["cpu"].0, "1m",
+        "only the first container holds the room"
+    );
+    let init = spec.init_containers.unwrap();
+    let init: Vec<(&str, Vec<String>)> = init
+        .iter()
+        .map(|c| (c.image.as_deref().unwrap(), c.command.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        init,
+        [
+            (
+                "headroom/provisioner:test",
+                vec![
+                    "/usr/local/bin/headroom-warm".to_string(),
+                    "copy".into(),
+                    "/headroom-warm/headroom-warm".into()
+                ]
+            ),
+            (
+                "registry.example/migrate:1",
+                vec!["/headroom-warm/headroom-warm".to_string(), "exit".into()]
+            ),
+        ]
+    );
+    assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "regcred");
+    assert_eq!(
+        pod.metadata.annotations.as_ref().unwrap()[warm::IMAGES_ANNOTATION],
+        hash
+    );
+    assert!(
+        !provider.refresh_images(&policy, &shape).await.unwrap(),
+        "the same images: nothing to write"
+    );
+
+    // A new sidecar image: the template changes and the placeholder is replaced by one that
+    // runs (so pulled) the new image.
+    workload.containers[1].image = Some("registry.example/sidecar:4".into());
+    let shape = shape_of(&workload).unwrap();
+    assert!(provider.refresh_images(&policy, &shape).await.unwrap());
+    let new_hash = shape.images.hash.clone();
+    assert_ne!(new_hash, hash);
+    wait_until(WAIT, "a warm placeholder running the new image", || {
+        let pods = pods.clone();
+        let new_hash = new_hash.clone();
+        async move {
+            let live = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=headroom-placeholder"))
+                .await?
+                .items;
+            let live: Vec<&Pod> = live
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            Ok((live.len() == 1
+                && warm::placeholder_state(live[0], &new_hash).0 == warm::UnitState::Warm
+                && live[0].spec.as_ref().unwrap().containers[1]
+                    .image
+                    .as_deref()
+                    == Some("registry.example/sidecar:4"))
+            .then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -1022,3 +1022,420 @@ spec:
     .await
     .unwrap();
 }
+
+/// Image warming with the real Karpenter (its kwok provider): the node of a Headroom NodeClaim
+/// gets a pre-pull pod pinned to it with every image of the workload's pod template (init
+/// containers too), its pull secrets and a tolerate-everything toleration; once kwok runs it
+/// (a kubelet starts a container only after its pull), the pod goes, the NodeClaim records the
+/// images and the policy reports the unit image-warm. A new workload image pulls again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_nodeclaim_gets_a_prepull_pod_with_the_workload_images_and_then_counts_image_warm()
+{
+    use futures::StreamExt;
+    use headroom_provisioner::warm;
+    use kube::runtime::watcher;
+
+    let cluster = KubeCluster::start().unwrap();
+    cluster.start_karpenter(None).unwrap();
+    install_crds(&cluster);
+    let client = cluster.client().await.unwrap();
+    let ns = create_namespace(&client, "pwp-warm").await.unwrap();
+    let pool = "gpu".to_string();
+    node_pool(&cluster, &pool);
+    // The pool's nodes are tainted: the pre-pull pod must tolerate what the node has.
+    cluster
+        .kubectl(&[
+            "patch",
+            "nodepool",
+            &pool,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"taints":[{"key":"nvidia.com/gpu","value":"true","effect":"NoSchedule"}]}}}}"#,
+        ])
+        .unwrap();
+    let redis = RedisServer::start(&[]).unwrap();
+    let (scaler, _keda) = start_scaler(ServeConfig::local()).await.unwrap();
+    let scaler_addr = scaler.grpc_addr.to_string();
+    workload(&cluster, &ns, &scaler_addr, &redis.address(), 1);
+    let template = json!({"spec": {"template": {"spec": {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "initContainers": [{"name": "migrate", "image": "registry.example/migrate:1"}],
+        "containers": [
+            {"name": "main", "image": "registry.example/worker:2",
+             "resources": {"requests": {"cpu": "3", "memory": "12Gi", "nvidia.com/gpu": "1"},
+                           "limits": {"nvidia.com/gpu": "1"}}},
+            {"name": "sidecar", "image": "registry.example/sidecar:3"},
+        ],
+    }}}});
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    deployments
+        .patch(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Strategic(&template),
+        )
+        .await
+        .unwrap();
+    cluster
+        .apply(&policy(
+            &ns,
+            "gpu",
+            "worker",
+            &pool,
+            &scaler_addr,
+            "  limits: {maxNodes: 2, maxGpus: 2}\n",
+        ))
+        .unwrap();
+
+    // Every pre-pull pod as it was first seen (it may live for less than a second).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Pod>::new()));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let watch = {
+        let seen = seen.clone();
+        let stream = watcher(
+            pods.clone(),
+            watcher::Config::default().labels("headroom.dev/warm=prepull"),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(e) = stream.next().await {
+                if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = e {
+                    let mut seen = seen.lock().unwrap();
+                    if !seen.iter().any(|s| s.metadata.uid == p.metadata.uid) {
+                        seen.push(p);
+                    }
+                }
+            }
+        })
+    };
+
+    let mut config = headroom_provisioner::Config::local("warm", &ns);
+    config.watch_namespace = Some(ns.clone());
+    config.warm_helper = Some(warm::Helper {
+        image: "headroom/provisioner:test".into(),
+        path: "/usr/local/bin/headroom-warm".into(),
+    });
+    let running = headroom_provisioner::start(config, client.clone(), None)
+        .await
+        .unwrap();
+    let policies: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
+    wait_condition(&policies, "gpu", "DemandAvailable", "True", "Answering").await;
+    push_jobs(&redis, 2).await;
+
+    let images = [
+        "registry.example/migrate:1",
+        "registry.example/worker:2",
+        "registry.example/sidecar:3",
+    ];
+    let hash = warm::images_hash(&images.map(String::from));
+    let wait_warm = |hash: String| {
+        let policies = policies.clone();
+        async move {
+            wait_until(
+                Duration::from_secs(120),
+                "1 image-warm unit in the policy's status",
+                || {
+                    let policies = policies.clone();
+                    let hash = hash.clone();
+                    async move {
+                        let p = policies.get("gpu").await?;
+                        let s = p.status.clone().unwrap_or_default();
+                        let w = s.image_warm.clone().unwrap_or_default();
+                        anyhow::ensure!(
+                            w.warm_units == 1 && w.pulling_units == 0 && w.images == hash,
+                            "status: {s:?}"
+                        );
+                        Ok(Some(p))
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let warm_policy = wait_warm(hash.clone()).await.unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\nkarpenter log:\n{}",
+            cluster.log_tail("karpenter", 40)
+        )
+    });
+    let c = condition(&warm_policy, "ImageWarm").unwrap();
+    assert_eq!(
+        (c.0.as_str(), c.1.as_str()),
+        ("True", "ImagesPulled"),
+        "{c:?}"
+    );
+
+    let claims = claims_of(&client, &ns, "gpu").await;
+    assert_eq!(claims.len(), 1);
+    let claim = &claims[0];
+    let node = claim.data["status"]["nodeName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        claim.metadata.annotations.as_ref().unwrap()[warm::IMAGES_ANNOTATION],
+        hash,
+        "the NodeClaim records the images it holds"
+    );
+    let first: Vec<Pod> = seen.lock().unwrap().clone();
+    assert_eq!(first.len(), 1, "one pre-pull pod: {first:?}");
+    let pod = &first[0];
+    let labels = pod.metadata.labels.clone().unwrap();
+    assert_eq!(labels["headroom.dev/policy"], format!("{ns}.gpu"));
+    assert_eq!(
+        labels[warm::UNIT_LABEL],
+        claim.metadata.name.clone().unwrap()
+    );
+    let spec = pod.spec.clone().unwrap();
+    assert_eq!(
+        spec.node_name.as_deref(),
+        Some(node.as_str()),
+        "pinned to the node"
+    );
+    let pulled: Vec<&str> = spec
+        .containers
+        .iter()
+        .map(|c| c.image.as_deref().unwrap())
+        .collect();
+    assert_eq!(pulled, images, "every image, init containers too");
+    assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "regcred");
+    let t = spec.tolerations.unwrap();
+    assert_eq!(
+        (t.len(), t[0].operator.as_deref(), t[0].key.as_deref()),
+        (1, Some("Exists"), None)
+    );
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    for c in &spec.containers {
+        let r = c.resources.clone().unwrap().requests.unwrap();
+        assert!(!r.contains_key("nvidia.com/gpu"), "no GPU request");
+        assert_eq!(r["cpu"].0, "1m");
+    }
+    assert_eq!(
+        spec.init_containers.unwrap()[0].image.as_deref(),
+        Some("headroom/provisioner:test")
+    );
+    // The pod is gone once pulled.
+    wait_until(WAIT, "the pre-pull pod removed", || {
+        let pods = pods.clone();
+        async move {
+            let left = pods
+                .list(&ListParams::default().labels("headroom.dev/warm=prepull"))
+                .await?
+                .items;
+            anyhow::ensure!(
+                left.is_empty(),
+                "left: {:?}",
+                left.iter()
+                    .map(|p| p.metadata.name.clone())
+                    .collect::<Vec<_>>()
+            );
+            Ok(Some(()))
+        }
+    })
+    .await
+    .unwrap();
+
+    // A new image: the warm unit pulls again.
+    let new_image = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "sidecar", "image": "registry.example/sidecar:4"},
+    ]}}}});
+    deployments
+        .patch(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Strategic(&new_image),
+        )
+        .await
+        .unwrap();
+    let new_hash = warm::images_hash(
+        &[
+            "registry.example/migrate:1",
+            "registry.example/worker:2",
+            "registry.example/sidecar:4",
+        ]
+        .map(String::from),
+    );
+    wait_warm(new_hash.clone()).await.unwrap();
+    let all: Vec<Pod> = seen.lock().unwrap().clone();
+    assert_eq!(all.len(), 2, "a second pre-pull pod for the new images");
+    assert_eq!(
+        all[1].metadata.annotations.as_ref().unwrap()[warm::IMAGES_ANNOTATION],
+        new_hash
+    );
+    assert_eq!(
+        all[1].spec.as_ref().unwrap().node_name.as_deref(),
+        Some(node.as_str())
+    );
+    eprintln!(
+        "provisioner warm: pre-pull pods {:?}",
+        all.iter()
+            .map(|p| p.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    watch.abort();
+    running.shutdown();
+    running.wait().await.unwrap();
+    scaler.shutdown();
+}
+
+/// A pull that fails is a condition and an event naming the image and the node, and the unit
+/// counts as failed, not warm; once the kubelet reports the container started, it is warm. The
+/// NodeClaim's node here is one no kubelet (nor kwok) serves, so the test plays the kubelet by
+/// writing the pre-pull pod's status, as a real one would on `ErrImagePull`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pull_is_a_condition_and_an_event_and_the_unit_is_not_warm() {
+    use headroom_provisioner::warm;
+
+    let cluster = cluster();
+    let client = cluster.client().await.unwrap();
+    let ns = create_namespace(&client, "pwp-pullfail").await.unwrap();
+    let pool = format!("gpu-{ns}");
+    node_pool(cluster, &pool);
+    let redis = RedisServer::start(&[]).unwrap();
+    let (scaler, _keda) = start_scaler(ServeConfig::local()).await.unwrap();
+    let scaler_addr = scaler.grpc_addr.to_string();
+    workload(cluster, &ns, &scaler_addr, &redis.address(), 1);
+    cluster
+        .apply(&policy(
+            &ns,
+            "gpu",
+            "worker",
+            &pool,
+            &scaler_addr,
+            "  limits: {maxNodes: 1, maxGpus: 1}\n",
+        ))
+        .unwrap();
+    let mut config = headroom_provisioner::Config::local("pullfail", &ns);
+    config.watch_namespace = Some(ns.clone());
+    config.warm_helper = Some(warm::Helper {
+        image: "headroom/provisioner:test".into(),
+        path: "/usr/local/bin/headroom-warm".into(),
+    });
+    let running = headroom_provisioner::start(config, client.clone(), None)
+        .await
+        .unwrap();
+    let policies: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
+    wait_condition(&policies, "gpu", "DemandAvailable", "True", "Answering").await;
+    push_jobs(&redis, 2).await;
+    let claim = wait_until(WAIT, "one NodeClaim", || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            let c = claims_of(&client, &ns, "gpu").await;
+            Ok((c.len() == 1).then(|| c[0].clone()))
+        }
+    })
+    .await
+    .unwrap();
+    let claim_name = claim.metadata.name.clone().unwrap();
+    // Launched and Initialized, on a node no kubelet serves.
+    let node = format!("ghost-{ns}");
+    claims_api(&client)
+        .patch_status(
+            &claim_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "nodeName": node,
+                "conditions": [{"type": "Initialized", "status": "True", "reason": "Initialized",
+                                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            }})),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = wait_until(WAIT, "a pre-pull pod on the ghost node", || {
+        let pods = pods.clone();
+        async move {
+            let p = pods
+                .list(&ListParams::default().labels("headroom.dev/warm=prepull"))
+                .await?
+                .items;
+            Ok(p.into_iter().next())
+        }
+    })
+    .await
+    .unwrap();
+    let pod_name = pod.metadata.name.clone().unwrap();
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some(node.as_str()));
+    let image = "registry.k8s.io/pause:3.10";
+    let status = |state: Value, phase: &str| {
+        json!({"status": {"phase": phase, "containerStatuses": [{
+            "name": "pull-0", "image": image, "imageID": "", "ready": false,
+            "restartCount": 0, "state": state,
+        }]}})
+    };
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(status(
+            json!({"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}}),
+            "Pending",
+        )),
+    )
+    .await
+    .unwrap();
+    let message = wait_condition(&policies, "gpu", "ImageWarm", "False", "ErrImagePull").await;
+    assert!(
+        message.contains(image)
+            && message.contains(&node)
+            && message.contains("pull access denied"),
+        "{message}"
+    );
+    let s = policies.get("gpu").await.unwrap().status.unwrap();
+    let w = s.image_warm.unwrap();
+    assert_eq!((w.failed_units, w.warm_units), (1, 0), "failed, not warm");
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+    wait_until(WAIT, "an ErrImagePull event", || {
+        let events = events.clone();
+        async move {
+            let e = events.list(&Default::default()).await?.items;
+            Ok(e.into_iter()
+                .find(|e| e.reason.as_deref() == Some("ErrImagePull")))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        pods.get_opt(&pod_name).await.unwrap().is_some(),
+        "a failed pull keeps its pod (the kubelet retries)"
+    );
+
+    // The kubelet pulled after all: the container runs, the unit is warm, the pod goes.
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(status(
+            json!({"running": {"startedAt": "2026-01-01T00:00:05Z"}}),
+            "Running",
+        )),
+    )
+    .await
+    .unwrap();
+    wait_condition(&policies, "gpu", "ImageWarm", "True", "ImagesPulled").await;
+    let w = policies
+        .get("gpu")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .image_warm
+        .unwrap();
+    assert_eq!((w.failed_units, w.warm_units), (0, 1));
+    wait_until(WAIT, "the pre-pull pod removed", || {
+        let pods = pods.clone();
+        let pod_name = pod_name.clone();
+        async move { Ok(pods.get_opt(&pod_name).await?.is_none().then_some(())) }
+    })
+    .await
+    .unwrap();
+    let c = claims_api(&client).get(&claim_name).await.unwrap();
+    assert_eq!(
+        c.metadata.annotations.unwrap()[warm::IMAGES_ANNOTATION],
+        warm::images_hash(&[image.to_string()])
+    );
+    running.shutdown();
+    running.wait().await.unwrap();
+    scaler.shutdown();
+}

@@ -377,6 +377,7 @@ impl Ec2Provider {
                     last_needed: request.now,
                     hourly_price: self.price_of(ty),
                     gpus: None,
+                    images: None,
                 });
             }
             remaining = want.saturating_sub(units.len());
@@ -1019,6 +1020,7 @@ pub fn unit_of(
         hourly_price: price(&instance_type),
         // Known from the type (the controller looks it up in spec.ec2.instanceTypes).
         gpus: None,
+        images: None,
         instance_type,
     })
 }
@@ -1160,6 +1162,7 @@ mod tests {
             affinity: None,
             tolerations: Vec::new(),
             requests: Default::default(),
+            images: Default::default(),
         }
     }
 

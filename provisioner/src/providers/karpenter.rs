@@ -264,6 +264,9 @@ pub fn to_unit(obj: &Value, prices: &[(String, f64)]) -> Unit {
             .as_str()
             .and_then(|s| s.parse().ok())
             .unwrap_or(created_at),
+        images: meta["annotations"][crate::warm::IMAGES_ANNOTATION]
+            .as_str()
+            .map(String::from),
     }
 }
 
@@ -511,6 +514,7 @@ mod tests {
             affinity: None,
             tolerations: vec![],
             requests: BTreeMap::new(),
+            images: Default::default(),
         }
     }
 

@@ -97,6 +97,7 @@ pub async fn for_policy(
     client: &kube::Client,
     policy: &PrewarmPolicy,
     shape: &Shape,
+    warm: Option<&crate::warm::Helper>,
 ) -> Result<Built, ForPolicyError> {
     match policy.spec.mode {
         CapacityMode::Karpenter => {
@@ -123,10 +124,10 @@ pub async fn for_policy(
             // their GPUs.
             let pod = shape.plan_shape();
             Ok(Built {
-                provider: Box::new(Timed(Box::new(overprovision::OverprovisionProvider::new(
-                    client.clone(),
-                    spec,
-                )))),
+                provider: Box::new(Timed(Box::new(
+                    overprovision::OverprovisionProvider::new(client.clone(), spec)
+                        .with_warm_helper(warm.cloned()),
+                ))),
                 node: NodeType {
                     gpus: pod.gpus,
                     cpu: pod.cpu,
@@ -289,6 +290,17 @@ impl CapacityProvider for Timed {
         let start = Instant::now();
         let r = self.0.remove(policy, ids).await;
         self.record("remove", start, &r);
+        r
+    }
+
+    async fn refresh_images(
+        &self,
+        policy: &PolicyRef,
+        shape: &Shape,
+    ) -> Result<bool, ProviderError> {
+        let start = Instant::now();
+        let r = self.0.refresh_images(policy, shape).await;
+        self.record("refresh_images", start, &r);
         r
     }
 }

@@ -66,6 +66,8 @@ pub fn placeholder_priority(class: &PriorityClass) -> Result<(), ProviderError> 
 pub struct OverprovisionProvider {
     client: kube::Client,
     spec: OverprovisionSpec,
+    /// The image-warming helper: placeholders run the workload's images when set.
+    warm: Option<crate::warm::Helper>,
 }
 
 impl std::fmt::Debug for OverprovisionProvider {
@@ -98,7 +100,18 @@ pub fn deployment_name(policy: &PolicyRef) -> String {
 
 impl OverprovisionProvider {
     pub fn new(client: kube::Client, spec: OverprovisionSpec) -> Self {
-        Self { client, spec }
+        Self {
+            client,
+            spec,
+            warm: None,
+        }
+    }
+
+    /// Placeholders run the workload's images with this helper (image warming), instead of
+    /// the pause image; `None`: pause.
+    pub fn with_warm_helper(mut self, helper: Option<crate::warm::Helper>) -> Self {
+        self.warm = helper;
+        self
     }
 
     fn deployments(&self, policy: &PolicyRef) -> Api<Deployment> {
@@ -220,6 +233,7 @@ impl OverprovisionProvider {
             replicas,
             &self.spec.priority_class_name,
             &self.spec.pause_image,
+            self.warm.as_ref(),
         )
     }
 }
@@ -271,6 +285,7 @@ fn unit_of(pod: &Pod) -> Unit {
         last_needed,
         hourly_price: 0.0,
         gpus: None,
+        images: None,
     }
 }
 
@@ -388,6 +403,7 @@ impl CapacityProvider for OverprovisionProvider {
                 last_needed: request.now,
                 hourly_price: 0.0,
                 gpus: Some(request.shape.gpus),
+                images: None,
             })
             .collect())
     }
@@ -418,6 +434,43 @@ impl CapacityProvider for OverprovisionProvider {
 
     async fn release(&self, _policy: &PolicyRef, _ids: &[String]) -> Result<(), ProviderError> {
         Ok(())
+    }
+
+    async fn refresh_images(
+        &self,
+        policy: &PolicyRef,
+        shape: &crate::shape::Shape,
+    ) -> Result<bool, ProviderError> {
+        let name = deployment_name(policy);
+        let images_of = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(crate::warm::IMAGES_ANNOTATION))
+                .cloned()
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self
+                .deployments(policy)
+                .get_opt(&name)
+                .await
+                .map_err(|e| api_error(e, "Deployment", &name))?;
+            let Some(current) = current else {
+                return Ok(false);
+            };
+            let desired = self.build(policy, shape, replicas_of(&current));
+            if images_of(&desired) == images_of(&current) {
+                return Ok(false);
+            }
+            match self.write(policy, desired, Some(&current), None).await {
+                Err(ProviderError::Conflict(_)) if attempt < WRITE_ATTEMPTS => continue,
+                other => other?,
+            }
+            return Ok(true);
+        }
     }
 
     async fn remove(&self, policy: &PolicyRef, ids: &[String]) -> Result<(), ProviderError> {
