@@ -857,6 +857,7 @@ async fn observe_and_act(
         .cloned()
         .collect();
     // Leadership is checked right before each write: a Lease lost mid-pass stops it there.
+    let mut removed: Vec<String> = Vec::new();
     let act = async {
         if !hold.is_empty() {
             leading(ctx)?;
@@ -868,7 +869,27 @@ async fn observe_and_act(
         }
         if !remove.is_empty() {
             leading(ctx)?;
-            provider.remove(&pref, &remove).await?;
+            let (remove, kept) =
+                empty_before_removal(ctx, &units, remove.clone(), built.units_are_nodes).await;
+            if !kept.is_empty() {
+                tracing::info!(namespace = %ns, policy = %name, kept = ?kept, "idle by the plan, busy on a fresh read: kept");
+                metrics::removals_kept(kept.len());
+                publish(
+                    ctx,
+                    policy,
+                    EventType::Normal,
+                    "RemovalDeferred",
+                    "Remove",
+                    format!("kept, as a fresh read found pods: {}", kept.join(", ")),
+                )
+                .await;
+            }
+            removed.clone_from(&remove);
+        }
+        if !removed.is_empty() {
+            let remove = &removed;
+            leading(ctx)?;
+            provider.remove(&pref, remove).await?;
             tracing::info!(namespace = %ns, policy = %name, removed = ?remove, "capacity removed");
             publish(
                 ctx,
@@ -926,9 +947,10 @@ async fn observe_and_act(
         }
         Ok::<_, Error>(created)
     };
-    match act.await {
+    let acted = act.await;
+    match acted {
         Ok(created) => {
-            report.units.retain(|u| !remove.contains(&u.id));
+            report.units.retain(|u| !removed.contains(&u.id));
             report.units.extend(created);
             c.set(
                 "Ready",
@@ -1215,6 +1237,105 @@ async fn scale_target(
     Ok((template, selector))
 }
 
+/// A pod that makes its node busy: not finished (a terminating pod still runs: a worker
+/// finishing its task after a scale-down), and neither a daemon, a static (mirror) pod nor one
+/// of Headroom's pre-pull pods.
+pub fn keeps_node_busy(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed"))
+        && !p.owner_references().iter().any(|o| o.kind == "DaemonSet")
+        && !p.annotations().contains_key("kubernetes.io/config.mirror")
+        && !p.labels().contains_key(warm::WARM_LABEL)
+}
+
+/// The annotation marking a node Headroom cordoned before removing its unit.
+pub const CORDONED_ANNOTATION: &str = "headroom.dev/cordoned";
+
+/// Of the units `remove` names, those that may go: a unit without a node yet goes as it is; a
+/// node is cordoned, then the pods on it are read afresh from the API server (not the cache),
+/// and it goes only when none keeps it busy — otherwise it is uncordoned (if Headroom cordoned
+/// it) and kept. A node that cannot be checked is kept. Returns (may go, kept with why).
+async fn empty_before_removal(
+    ctx: &Context,
+    units: &[Unit],
+    remove: Vec<String>,
+    units_are_nodes: bool,
+) -> (Vec<String>, Vec<String>) {
+    if !units_are_nodes {
+        return (remove, Vec::new());
+    }
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let mut go = Vec::new();
+    let mut kept = Vec::new();
+    for id in remove {
+        let Some(node) = units
+            .iter()
+            .find(|u| u.id == id)
+            .and_then(|u| u.node_name.clone())
+        else {
+            go.push(id);
+            continue;
+        };
+        let cordoned = match cordon(&nodes, &node).await {
+            Ok(c) => c,
+            // Gone already: nothing runs there.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                go.push(id);
+                continue;
+            }
+            Err(e) => {
+                kept.push(format!("{id} (cannot cordon node {node}: {e})"));
+                continue;
+            }
+        };
+        let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+        match pods.list(&lp).await {
+            Ok(list) => {
+                let busy = list.items.iter().filter(|p| keeps_node_busy(p)).count();
+                if busy == 0 {
+                    go.push(id);
+                    continue;
+                }
+                kept.push(format!("{id} ({busy} pod(s) on node {node})"));
+            }
+            Err(e) => kept.push(format!("{id} (cannot list the pods of node {node}: {e})")),
+        }
+        if cordoned && let Err(e) = uncordon(&nodes, &node).await {
+            tracing::warn!(node, error = %e, "cannot uncordon a node kept for its pods");
+        }
+    }
+    (go, kept)
+}
+
+/// Marks `node` unschedulable; `true` when Headroom did (it was schedulable), so only then is
+/// it undone.
+async fn cordon(nodes: &Api<Node>, node: &str) -> Result<bool, kube::Error> {
+    let current = nodes.get(node).await?;
+    if current.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        return Ok(false);
+    }
+    let patch = json!({
+        "metadata": {"annotations": {CORDONED_ANNOTATION: "true"}},
+        "spec": {"unschedulable": true}
+    });
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(true)
+}
+
+async fn uncordon(nodes: &Api<Node>, node: &str) -> Result<(), kube::Error> {
+    let patch = json!({
+        "metadata": {"annotations": {CORDONED_ANNOTATION: null}},
+        "spec": {"unschedulable": false}
+    });
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
 fn running(p: &Pod) -> bool {
     let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
     p.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
@@ -1241,20 +1362,17 @@ fn occupancy(
     let mut busy: HashMap<&str, u32> = HashMap::new();
     let mut placed_elsewhere = 0u32;
     for p in &pods {
-        if !running(p) {
-            continue;
-        }
         let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
             continue;
         };
-        // Daemons and Headroom's own pre-pull pods do not make a node busy.
-        let daemon = p.owner_references().iter().any(|o| o.kind == "DaemonSet")
-            || p.labels().contains_key(warm::WARM_LABEL);
         if ours.contains(node) {
-            if !daemon {
+            // Terminating pods included: a worker finishing its task after a scale-down
+            // still runs on the node.
+            if keeps_node_busy(p) {
                 *busy.entry(node).or_default() += 1;
             }
-        } else if p.namespace().as_deref() == Some(ns)
+        } else if running(p)
+            && p.namespace().as_deref() == Some(ns)
             && !selector.is_empty()
             && selector.iter().all(|(k, v)| p.labels().get(k) == Some(v))
         {
@@ -1774,6 +1892,24 @@ mod tests {
 
     fn unit(id: &str) -> Unit {
         crate::provider::fixtures::unit(id, "g5.xlarge")
+    }
+
+    #[test]
+    fn terminating_pods_keep_a_node_busy_and_daemons_mirrors_and_pre_pulls_do_not() {
+        let pod = |v: Value| -> Pod { serde_json::from_value(v).unwrap() };
+        let worker = json!({"metadata": {"name": "w"}, "status": {"phase": "Running"}});
+        assert!(keeps_node_busy(&pod(worker)));
+        let finishing = json!({"metadata": {"name": "w", "deletionTimestamp": "2026-12-07T00:00:00Z"}, "status": {"phase": "Running"}});
+        assert!(keeps_node_busy(&pod(finishing)));
+        for idle in [
+            json!({"metadata": {"name": "w"}, "status": {"phase": "Succeeded"}}),
+            json!({"metadata": {"name": "w"}, "status": {"phase": "Failed"}}),
+            json!({"metadata": {"name": "d", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "x", "uid": "u"}]}}),
+            json!({"metadata": {"name": "m", "annotations": {"kubernetes.io/config.mirror": "h"}}}),
+            json!({"metadata": {"name": "p", "labels": {warm::WARM_LABEL: "x"}}}),
+        ] {
+            assert!(!keeps_node_busy(&pod(idle.clone())), "{idle}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub const LEADER: &str = "headroom_provisioner_leader";
 pub const CLUSTER_USAGE: &str = "headroom_provisioner_cluster_usage";
 pub const CLUSTER_CAP_HELD: &str = "headroom_provisioner_cluster_cap_held_total";
 pub const BUILD_INFO: &str = "headroom_build_info";
+pub const REMOVALS_KEPT: &str = "headroom_provisioner_removals_kept_total";
 pub const IMAGE_WARM_UNITS: &str = "headroom_provisioner_image_warm_units";
 pub const TIME_TO_IMAGE_WARM: &str = "headroom_provisioner_time_to_image_warm_seconds";
 pub const IMAGE_PULLS_STARTED: &str = "headroom_provisioner_image_pulls_started_total";
@@ -40,6 +41,10 @@ pub const TIME_TO_CAPACITY_BUCKETS: &[f64] = &[
 
 /// Registers descriptions (shown as `# HELP`) and the build info gauge.
 pub fn describe() {
+    describe_counter!(
+        REMOVALS_KEPT,
+        "Units the plan found idle that a fresh read before removal found busy (kept)."
+    );
     describe_gauge!(
         WARM_CAPACITY,
         "Ready capacity the policy owns, by resource (nodes, gpus)."
@@ -229,6 +234,11 @@ pub fn cluster_usage(u: &crate::plan::Usage) {
 /// A cap across all policies (`limit`: `maxTotalNodes`, ...) held a plan back.
 pub fn cluster_cap_held(limit: &'static str) {
     counter!(CLUSTER_CAP_HELD, "limit" => limit).increment(1);
+}
+
+/// Units kept because a fresh read before removal found pods on them.
+pub fn removals_kept(n: usize) {
+    counter!(REMOVALS_KEPT).increment(n as u64);
 }
 
 #[cfg(test)]

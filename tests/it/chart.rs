@@ -400,6 +400,7 @@ fn the_installed_rbac_grants_each_program_exactly_what_it_uses() {
         ("delete", "pods", Some("ml")),
         ("patch", "prewarmpolicies.headroom.dev", Some("ml")),
         ("list", "nodes", None),
+        ("patch", "nodes", None),
         ("create", "nodeclaims.karpenter.sh", None),
         ("patch", "nodeclaims.karpenter.sh", None),
         ("watch", "nodepools.karpenter.sh", None),

@@ -504,12 +504,17 @@ async fn a_forecast_spike_creates_nodeclaims_ahead_of_pods_within_limits_once_an
         )
         .await
         .unwrap();
+    // A worker that KEDA scaled down and that is still finishing its task: terminating (its
+    // finalizer holds it), still running on the node.
     let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "worker-busy", "labels": {"app": "worker"}},
+        "metadata": {"name": "worker-busy", "labels": {"app": "worker"}, "finalizers": ["example.com/finishing"]},
         "spec": {"nodeName": node_name, "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}]},
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.delete("worker-busy", &DeleteParams::default())
+        .await
+        .unwrap();
 
     // Demand gone: idle NodeClaims go only after scaleDownAfter (8 s), the busy one stays.
     clear_jobs(&redis).await;
@@ -537,8 +542,35 @@ async fn a_forecast_spike_creates_nodeclaims_ahead_of_pods_within_limits_once_an
     assert_eq!(
         left[0].metadata.name.as_deref(),
         Some(busy_claim.as_str()),
-        "the busy one stays"
+        "the one running a terminating worker stays"
     );
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let node = nodes.get(&node_name).await.unwrap();
+    assert_ne!(
+        node.spec.and_then(|s| s.unschedulable),
+        Some(true),
+        "a kept node is not left cordoned"
+    );
+    // The worker finishes: its node is idle, and goes after scaleDownAfter.
+    pods.patch(
+        "worker-busy",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    wait_until(WAIT, "the finished worker's NodeClaim removed", || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            Ok(claims_of(&client, &ns, "gpu")
+                .await
+                .is_empty()
+                .then_some(()))
+        }
+    })
+    .await
+    .unwrap();
     wait_condition(&policies, "gpu", "LimitReached", "False", "WithinLimits").await;
 
     // Events say what happened.
