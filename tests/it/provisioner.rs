@@ -222,6 +222,40 @@ async fn wait_condition(
     .unwrap()
 }
 
+/// What most tests start with: a namespace, its NodePool `gpu-<ns>`, a Redis, a scaler and
+/// the workload (a Deployment and its ScaledObject `worker`, one GPU per pod).
+struct Bed {
+    client: kube::Client,
+    ns: String,
+    pool: String,
+    redis: RedisServer,
+    scaler: headroom_scaler::server::Running,
+    scaler_addr: String,
+    _keda: headroom_proto::externalscaler::external_scaler_client::ExternalScalerClient<
+        tonic::transport::Channel,
+    >,
+}
+
+async fn bed(cluster: &KubeCluster, prefix: &str) -> Bed {
+    let client = cluster.client().await.unwrap();
+    let ns = create_namespace(&client, prefix).await.unwrap();
+    let pool = format!("gpu-{ns}");
+    node_pool(cluster, &pool);
+    let redis = RedisServer::start(&[]).unwrap();
+    let (scaler, _keda) = start_scaler(ServeConfig::local()).await.unwrap();
+    let scaler_addr = scaler.grpc_addr.to_string();
+    workload(cluster, &ns, &scaler_addr, &redis.address(), 1);
+    Bed {
+        client,
+        ns,
+        pool,
+        redis,
+        scaler,
+        scaler_addr,
+        _keda,
+    }
+}
+
 async fn push_jobs(redis: &RedisServer, n: usize) {
     let mut c = redis
         .client()
@@ -614,14 +648,15 @@ async fn a_forecast_spike_creates_nodeclaims_ahead_of_pods_within_limits_once_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gives_conditions_and_events_and_creates_nothing() {
     let cluster = cluster();
-    let client = cluster.client().await.unwrap();
-    let ns = create_namespace(&client, "pwp-bad").await.unwrap();
-    let pool = format!("gpu-{ns}");
-    node_pool(cluster, &pool);
-    let redis = RedisServer::start(&[]).unwrap();
-    let (scaler, _keda) = start_scaler(ServeConfig::local()).await.unwrap();
-    let scaler_addr = scaler.grpc_addr.to_string();
-    workload(cluster, &ns, &scaler_addr, &redis.address(), 1);
+    let Bed {
+        client,
+        ns,
+        pool,
+        redis,
+        scaler,
+        scaler_addr,
+        _keda,
+    } = bed(cluster, "pwp-bad").await;
     push_jobs(&redis, 6).await;
     let limits = "  limits: {maxNodes: 4, maxGpus: 4}\n";
     for (name, so, nodepool, demand, extra) in [
@@ -846,14 +881,15 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_plans_and_writes_status_but_creates_nothing() {
     let cluster = cluster();
-    let client = cluster.client().await.unwrap();
-    let ns = create_namespace(&client, "pwp-dry").await.unwrap();
-    let pool = format!("gpu-{ns}");
-    node_pool(cluster, &pool);
-    let redis = RedisServer::start(&[]).unwrap();
-    let (scaler, _keda) = start_scaler(ServeConfig::local()).await.unwrap();
-    let scaler_addr = scaler.grpc_addr.to_string();
-    workload(cluster, &ns, &scaler_addr, &redis.address(), 1);
+    let Bed {
+        client,
+        ns,
+        pool,
+        redis,
+        scaler,
+        scaler_addr,
+        _keda,
+    } = bed(cluster, "pwp-dry").await;
     push_jobs(&redis, 4).await;
     cluster
         .apply(&policy(
@@ -1321,14 +1357,15 @@ async fn a_failed_pull_is_a_condition_and_an_event_and_the_unit_is_not_warm() {
     use headroom_provisioner::warm;
 
     let cluster = cluster();
-    let client = cluster.client().await.unwrap();
-    let ns = create_namespace(&client, "pwp-pullfail").await.unwrap();
-    let pool = format!("gpu-{ns}");
-    node_pool(cluster, &pool);
-    let redis = RedisServer::start(&[]).unwrap();
-    let (scaler, _keda) = start_scaler(ServeConfig::local()).await.unwrap();
-    let scaler_addr = scaler.grpc_addr.to_string();
-    workload(cluster, &ns, &scaler_addr, &redis.address(), 1);
+    let Bed {
+        client,
+        ns,
+        pool,
+        redis,
+        scaler,
+        scaler_addr,
+        _keda,
+    } = bed(cluster, "pwp-pullfail").await;
     cluster
         .apply(&policy(
             &ns,
