@@ -34,6 +34,7 @@ use crate::admin::Boundaries;
 use crate::crd::{Condition, ForecastStatus, PrewarmPolicy, PrewarmPolicyStatus};
 use crate::demand::{DemandStreams, Latest, PolicyKey, Watch};
 use crate::karpenter::POLICY_LABEL;
+use crate::launches::{self, Launches};
 use crate::leader::Leadership;
 use crate::metrics::{self, PolicyGauges};
 use crate::plan::{self, Caps, Limits, Millis, OwnedNode, PlanInput, Usage, Want};
@@ -80,6 +81,8 @@ pub struct Context {
     pods: Store<Pod>,
     /// Consecutive failures per policy, for the error backoff.
     failures: Mutex<HashMap<PolicyKey, u32>>,
+    /// Capacity that failed to come up, per policy, for the creation backoff.
+    launches: Mutex<Launches>,
     /// Units whose time to capacity was recorded.
     recorded_ready: Mutex<HashSet<String>>,
     started_ms: Millis,
@@ -199,6 +202,7 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         resync: settings.resync,
         pods: pods_reader,
         failures: Mutex::new(HashMap::new()),
+        launches: Mutex::new(Launches::default()),
         recorded_ready: Mutex::new(HashSet::new()),
         started_ms: now_ms(),
         caps: settings.caps,
@@ -546,6 +550,42 @@ async fn observe_and_act(
         }
     };
     let units = held.units.clone();
+    // Nodes that failed to come up: counted, reported, given up on, and creation backed off.
+    let launch = if built.units_are_nodes {
+        let v = ctx
+            .launches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(&key, &units, now);
+        for (failure, id) in &v.new_failures {
+            metrics::capacity_failure(provider.name(), failure.reason());
+            tracing::warn!(namespace = %ns, policy = %name, unit = %id, reason = failure.reason(), "capacity failed to come up");
+        }
+        match &v.failing {
+            Some((n, failure, id)) => c.set(
+                "CapacityFailing",
+                true,
+                failure.reason(),
+                format!(
+                    "{n} consecutive unit(s) failed to come up (last: {id}, {}); nothing is created until {}",
+                    match failure {
+                        launches::Failure::LaunchFailed => "deleted before it was ready",
+                        launches::Failure::NotInitialized => "not ready in time, removed",
+                    },
+                    rfc3339(v.retry_at)
+                ),
+            ),
+            None => c.set(
+                "CapacityFailing",
+                false,
+                "Launching",
+                "no capacity failed to come up recently",
+            ),
+        }
+        Some(v)
+    } else {
+        None
+    };
     record_time_to_capacity(ctx, &pref, provider.name(), &units);
     // Image warming (karpenter mode): units pulling keep their disruption protection.
     let mut pulling = HashSet::new();
@@ -850,12 +890,19 @@ async fn observe_and_act(
         .map(|u| u.id.clone())
         .collect();
     // Only units that exist as objects are removed (not the stand-ins for unmade replicas).
-    let remove: Vec<String> = plan
+    let mut remove: Vec<String> = plan
         .remove
         .iter()
         .filter(|id| units.iter().any(|u| &u.id == *id))
         .cloned()
         .collect();
+    // Given up on (never ready): removed like idle capacity, after the same fresh check.
+    for id in launch.iter().flat_map(|v| &v.give_up) {
+        if !remove.contains(id) {
+            remove.push(id.clone());
+        }
+    }
+    let backing_off = launch.as_ref().is_some_and(|v| v.failing.is_some());
     // Leadership is checked right before each write: a Lease lost mid-pass stops it there.
     let mut removed: Vec<String> = Vec::new();
     let act = async {
@@ -907,7 +954,7 @@ async fn observe_and_act(
             .await;
         }
         let mut created = Vec::new();
-        if plan.create > 0 {
+        if plan.create > 0 && !backing_off {
             leading(ctx)?;
             created = provider
                 .create(
@@ -948,6 +995,14 @@ async fn observe_and_act(
         Ok::<_, Error>(created)
     };
     let acted = act.await;
+    if launch.is_some() {
+        // What this pass removed is no failure, even when a later write failed.
+        let created: &[Unit] = acted.as_ref().map_or(&[], |c| c.as_slice());
+        ctx.launches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .acted(&key, &removed, created);
+    }
     match acted {
         Ok(created) => {
             report.units.retain(|u| !removed.contains(&u.id));
@@ -1456,7 +1511,7 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
             Some(p) if p.status == status => p.last_transition_time.clone(),
             _ => rfc3339(now),
         };
-        let bad = if matches!(*kind, "LimitReached" | "DemandDegraded") {
+        let bad = if matches!(*kind, "LimitReached" | "DemandDegraded" | "CapacityFailing") {
             *ok
         } else {
             !*ok
@@ -1854,6 +1909,10 @@ fn set_image_warm_condition(c: &mut Conditions, w: &Warmth) {
 async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(policy);
     ctx.demand.stop(&key);
+    ctx.launches
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .forget(&key);
     ctx.failures
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

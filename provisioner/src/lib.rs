@@ -8,7 +8,7 @@
 //! - [`karpenter`], [`overprovision`]: the objects each capacity mode creates, built purely;
 //! - [`provider`]: the `CapacityProvider` contract; [`providers`]: its implementations;
 //! - [`demand`]: the client of the scaler's `headroom.v1.Demand` stream;
-//! - [`controller`]: the reconcile loop; [`leader`]: Lease-based leader election;
+//! - [`controller`]: the reconcile loop; [`launches`]: capacity that fails to come up; [`leader`]: Lease-based leader election;
 //! - [`warm`]: image-warm capacity (pre-pull pods, the helper they run);
 //! - [`serve`]: the process (HTTP endpoints, election, the loop while leading), [`metrics`].
 
@@ -17,6 +17,7 @@ pub mod controller;
 pub mod crd;
 pub mod demand;
 pub mod karpenter;
+pub mod launches;
 pub mod leader;
 pub mod metrics;
 pub mod overprovision;

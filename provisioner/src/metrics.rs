@@ -24,6 +24,7 @@ pub const CLUSTER_USAGE: &str = "headroom_provisioner_cluster_usage";
 pub const CLUSTER_CAP_HELD: &str = "headroom_provisioner_cluster_cap_held_total";
 pub const BUILD_INFO: &str = "headroom_build_info";
 pub const REMOVALS_KEPT: &str = "headroom_provisioner_removals_kept_total";
+pub const CAPACITY_FAILURES: &str = "headroom_provisioner_capacity_failures_total";
 pub const IMAGE_WARM_UNITS: &str = "headroom_provisioner_image_warm_units";
 pub const TIME_TO_IMAGE_WARM: &str = "headroom_provisioner_time_to_image_warm_seconds";
 pub const IMAGE_PULLS_STARTED: &str = "headroom_provisioner_image_pulls_started_total";
@@ -41,6 +42,10 @@ pub const TIME_TO_CAPACITY_BUCKETS: &[f64] = &[
 
 /// Registers descriptions (shown as `# HELP`) and the build info gauge.
 pub fn describe() {
+    describe_counter!(
+        CAPACITY_FAILURES,
+        "Units that failed to come up, by provider and reason (LaunchFailed: deleted before ready; NotInitialized: given up on)."
+    );
     describe_counter!(
         REMOVALS_KEPT,
         "Units the plan found idle that a fresh read before removal found busy (kept)."
@@ -234,6 +239,11 @@ pub fn cluster_usage(u: &crate::plan::Usage) {
 /// A cap across all policies (`limit`: `maxTotalNodes`, ...) held a plan back.
 pub fn cluster_cap_held(limit: &'static str) {
     counter!(CLUSTER_CAP_HELD, "limit" => limit).increment(1);
+}
+
+/// A unit that failed to come up; `reason` is one of [`crate::launches::Failure::reason`].
+pub fn capacity_failure(provider: &'static str, reason: &'static str) {
+    counter!(CAPACITY_FAILURES, "provider" => provider, "reason" => reason).increment(1);
 }
 
 /// Units kept because a fresh read before removal found pods on them.

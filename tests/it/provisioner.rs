@@ -385,6 +385,77 @@ fn json_merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// A NodeClaim deleted before it was ready (as Karpenter deletes one it cannot launch:
+/// insufficient capacity, a registration timeout) is a failed launch: counted, reported as
+/// `CapacityFailing`, and not recreated while the backoff runs. The test deletes the NodeClaim
+/// itself, standing in for Karpenter (no Karpenter controller runs in this file's cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodeclaim_deleted_before_it_is_ready_backs_off_and_says_so() {
+    let cluster = cluster();
+    let Bed {
+        client,
+        ns,
+        pool,
+        redis,
+        scaler,
+        scaler_addr,
+        _keda,
+    } = bed(cluster, "pwp-fail").await;
+    cluster
+        .apply(&policy(
+            &ns,
+            "gpu",
+            "worker",
+            &pool,
+            &scaler_addr,
+            "  limits: {maxNodes: 2, maxGpus: 2}\n",
+        ))
+        .unwrap();
+    // listLength 2: four jobs, two replicas, two one-GPU nodes.
+    push_jobs(&redis, 4).await;
+    let running = provisioner(&client, &ns, "solo", false).await;
+    let claims = wait_until(WAIT, "two NodeClaims", || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let c = claims_of(&client, &ns, "gpu").await;
+            Ok((c.len() == 2).then_some(c))
+        }
+    })
+    .await
+    .unwrap();
+    let failed = claims[0].metadata.name.clone().unwrap();
+    claims_api(&client)
+        .delete(&failed, &DeleteParams::default())
+        .await
+        .unwrap();
+    let api: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
+    let m = wait_condition(&api, "gpu", "CapacityFailing", "True", "LaunchFailed").await;
+    assert!(
+        m.contains(&failed) && m.contains("nothing is created until"),
+        "{m}"
+    );
+    // Backing off (30 s): the plan still wants two, but nothing replaces it yet.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        claims_of(&client, &ns, "gpu").await.len(),
+        1,
+        "recreated during the backoff"
+    );
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "LaunchFailed"), "{reasons:?}");
+    running.shutdown();
+    running.wait().await.unwrap();
+    scaler.shutdown();
+}
+
 /// The main story: a spike creates the right NodeClaims before any pod exists, within the
 /// limits and once; a second replica stays passive and takes over without duplicating; demand
 /// gone, idle capacity goes after scaleDownAfter and busy capacity stays; deletion cleans up.
