@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Boundaries;
-use crate::crd::{Condition, ForecastStatus, PrewarmPolicy, PrewarmPolicyStatus};
+use crate::crd::{CapacityMode, Condition, ForecastStatus, PrewarmPolicy, PrewarmPolicyStatus};
 use crate::demand::{DemandStreams, Latest, PolicyKey, Watch};
 use crate::karpenter::POLICY_LABEL;
 use crate::launches::{self, Launches};
@@ -65,10 +65,12 @@ pub enum Error {
     Provider(#[from] ProviderError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("the pod cache is not ready")]
+    #[error("the pod or node cache is not ready")]
     NotReady,
     #[error("not leading (the Lease was not renewed in time): nothing written")]
     NotLeader,
+    #[error("{0} busy unit(s) still to empty")]
+    Busy(usize),
 }
 
 /// What the reconcile loop shares.
@@ -79,6 +81,9 @@ pub struct Context {
     pub dry_run: bool,
     pub resync: Duration,
     pods: Store<Pod>,
+    /// Every node, trimmed to its name, labels, annotations and spec (no status, no managed
+    /// fields): EC2 units find their node by `spec.providerID`.
+    nodes: Store<Node>,
     /// Consecutive failures per policy, for the error backoff.
     failures: Mutex<HashMap<PolicyKey, u32>>,
     /// Capacity that failed to come up, per policy, for the creation backoff.
@@ -176,6 +181,15 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         .reflect(pods_writer)
         .touched_objects();
 
+    // Every node, not only those labelled as a policy's: an EC2 instance joins under whatever
+    // name its launch template gives it, and is found by its providerID.
+    let (nodes_reader, nodes_writer) = reflector::store::<Node>();
+    let nodes_stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(trim_node)
+        .reflect(nodes_writer)
+        .touched_objects();
+
     let (policy_reader, policy_writer) = reflector::store::<PrewarmPolicy>();
     let policy_stream = watcher(policies, watcher::Config::default())
         .default_backoff()
@@ -201,6 +215,7 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         dry_run: settings.dry_run,
         resync: settings.resync,
         pods: pods_reader,
+        nodes: nodes_reader,
         failures: Mutex::new(HashMap::new()),
         launches: Mutex::new(Launches::default()),
         recorded_ready: Mutex::new(HashSet::new()),
@@ -281,11 +296,9 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
             watcher::Config::default().labels(POLICY_LABEL),
             move |c| owner_of(c.labels(), c.annotations()),
         )
-        .watches(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default().labels(POLICY_LABEL),
-            move |n| owner_of(n.labels(), n.annotations()),
-        )
+        .watches_stream(nodes_stream, move |n: Node| {
+            owner_of(n.labels(), n.annotations())
+        })
         .reconcile_on(wakes)
         .graceful_shutdown_on(async move { stop_signal.cancelled().await })
         .run(reconcile, error_policy, ctx)
@@ -296,6 +309,41 @@ pub async fn run(client: kube::Client, settings: Settings, stop: CancellationTok
         })
         .await;
     cleanup_ctx.demand.stop_all();
+}
+
+/// What the node store keeps of a node: its status (conditions, images, addresses) changes
+/// often and is not read from the store.
+fn trim_node(n: &mut Node) {
+    n.status = None;
+    n.metadata.managed_fields = None;
+}
+
+/// The EC2 instance a node runs on, from its `spec.providerID` (`aws:///<zone>/<instance-id>`).
+pub fn instance_of_provider_id(provider_id: &str) -> Option<&str> {
+    let rest = provider_id.strip_prefix("aws://")?;
+    let id = rest.rsplit('/').next()?;
+    (id.starts_with("i-")
+        && id.len() > 2
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    .then_some(id)
+}
+
+/// Sets each EC2 unit's node to the node whose providerID names its instance, or none when no
+/// such node exists yet: the private DNS name EC2 reports is not necessarily the node's name
+/// (a launch template may name nodes otherwise), and a node found by the wrong name would hide
+/// the pods that keep it busy.
+fn nodes_by_provider_id(nodes: &Store<Node>, units: &mut [Unit]) {
+    let by_instance: HashMap<String, String> = nodes
+        .state()
+        .iter()
+        .filter_map(|n| {
+            let pid = n.spec.as_ref()?.provider_id.as_deref()?;
+            Some((instance_of_provider_id(pid)?.to_string(), n.name_any()))
+        })
+        .collect();
+    for u in units {
+        u.node_name = by_instance.get(&u.id).cloned();
+    }
 }
 
 fn key_of(p: &PrewarmPolicy) -> PolicyKey {
@@ -318,8 +366,19 @@ async fn reconcile(policy: Arc<PrewarmPolicy>, ctx: Arc<Context>) -> Result<Acti
     result
 }
 
+/// How often a policy waiting for busy units to empty (deletion, mode change) looks again; a
+/// pod leaving one of its nodes wakes it sooner.
+const BUSY_RETRY: Duration = Duration::from_secs(30);
+
 fn error_policy(policy: Arc<PrewarmPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = key_of(&policy);
+    // Waiting, not failing: no growing backoff.
+    if let Error::Finalizer(e) = error
+        && let kube::runtime::finalizer::Error::CleanupFailed(Error::Busy(n)) = e.as_ref()
+    {
+        tracing::info!(namespace = %key.0, policy = %key.1, busy = n, "deleted policy waits for its busy units");
+        return Action::requeue(BUSY_RETRY);
+    }
     let n = {
         let mut f = ctx.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let n = f.entry(key.clone()).or_insert(0);
@@ -361,6 +420,8 @@ struct Report {
     counted: bool,
     /// Units by image-warm state, when warming ran.
     image_warm: Option<crate::crd::ImageWarmStatus>,
+    /// The mode whose capacity the policy holds, when this pass knows it.
+    capacity_mode: Option<CapacityMode>,
 }
 
 async fn apply(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
@@ -400,6 +461,59 @@ async fn observe_and_act(
     let spec = &policy.spec;
     let resync = Action::requeue(ctx.resync);
     let now = now_ms();
+    // After a mode change the old mode's capacity goes first (idle units at once, busy nodes
+    // cordoned until they are empty); the new mode creates nothing until then, so the two
+    // never add up past the limits.
+    if let Some(old) = policy.status.as_ref().and_then(|s| s.capacity_mode)
+        && old != spec.mode
+    {
+        let pref = PolicyRef {
+            namespace: ns.clone(),
+            name: name.clone(),
+            uid: policy.uid().unwrap_or_default(),
+        };
+        let changing = format!(
+            "spec.mode changed from {} to {}: the {} capacity goes first",
+            old.as_str(),
+            spec.mode.as_str(),
+            old.as_str()
+        );
+        report.capacity_mode = Some(old);
+        if ctx.dry_run {
+            report.conditions.set(
+                "Ready",
+                false,
+                "ModeChanging",
+                format!("{changing} (dry run: nothing removed)"),
+            );
+            return Ok(resync);
+        }
+        let drained = drain_mode(ctx, policy, &pref, old, "mode changed").await?;
+        if !drained.kept.is_empty() {
+            report.conditions.set(
+                "Ready",
+                false,
+                "ModeChanging",
+                format!(
+                    "{changing}; waiting for {} busy unit(s) to empty (cordoned): {}",
+                    drained.kept.len(),
+                    drained.kept.join(", ")
+                ),
+            );
+            report.units = drained.units;
+            return Ok(Action::requeue(BUSY_RETRY));
+        }
+        publish(
+            ctx,
+            policy,
+            EventType::Normal,
+            "ModeChanged",
+            "Remove",
+            format!("{changing}: it is gone, {} takes over", spec.mode.as_str()),
+        )
+        .await;
+    }
+    report.capacity_mode = Some(spec.mode);
     let c = &mut report.conditions;
 
     // Bounded (at most 24 h), so the arithmetic below cannot overflow whatever the spec says.
@@ -542,13 +656,24 @@ async fn observe_and_act(
     {
         return Err(Error::NotReady);
     }
-    let held = match provider.holdings(&pref).await {
+    let ec2 = provider.name() == "ec2";
+    if ec2
+        && tokio::time::timeout(Duration::from_secs(10), ctx.nodes.wait_until_ready())
+            .await
+            .is_err()
+    {
+        return Err(Error::NotReady);
+    }
+    let mut held = match provider.holdings(&pref).await {
         Ok(h) => h,
         Err(e) => {
             c.set("Ready", false, e.reason(), e.to_string());
             return Err(e.into());
         }
     };
+    if ec2 {
+        nodes_by_provider_id(&ctx.nodes, &mut held.units);
+    }
     let units = held.units.clone();
     // Nodes that failed to come up: counted, reported, given up on, and creation backed off.
     let launch = if built.units_are_nodes {
@@ -914,10 +1039,31 @@ async fn observe_and_act(
             leading(ctx)?;
             provider.release(&pref, &release).await?;
         }
+        // A node Headroom cordoned and then kept (a crash between cordon and removal, a mode
+        // change undone) is schedulable again while its unit stays.
+        let staying = units.iter().filter(|u| !remove.contains(&u.id));
+        for node in left_cordoned(&ctx.nodes, staying) {
+            leading(ctx)?;
+            let nodes: Api<Node> = Api::all(ctx.client.clone());
+            match uncordon(&nodes, &node).await {
+                Ok(()) => {
+                    tracing::info!(namespace = %ns, policy = %name, node, "uncordoned a node Headroom had cordoned, as its unit stays")
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, policy = %name, node, error = %e, "cannot uncordon a node Headroom had cordoned")
+                }
+            }
+        }
         if !remove.is_empty() {
             leading(ctx)?;
-            let (remove, kept) =
-                empty_before_removal(ctx, &units, remove.clone(), built.units_are_nodes).await;
+            let (remove, kept) = empty_before_removal(
+                ctx,
+                &units,
+                remove.clone(),
+                built.units_are_nodes,
+                Cordon::Undo,
+            )
+            .await;
             if !kept.is_empty() {
                 tracing::info!(namespace = %ns, policy = %name, kept = ?kept, "idle by the plan, busy on a fresh read: kept");
                 metrics::removals_kept(kept.len());
@@ -1108,9 +1254,10 @@ fn record_usage(ctx: &Context, key: &PolicyKey, usage: Usage) {
 async fn listing_provider(
     ctx: &Context,
     policy: &PrewarmPolicy,
+    mode: CapacityMode,
 ) -> Option<Box<dyn crate::provider::CapacityProvider>> {
     let ns = policy.namespace().unwrap_or_default();
-    if policy.spec.mode == crate::crd::CapacityMode::Ec2
+    if mode == CapacityMode::Ec2
         && let Some(endpoint) = policy.spec.ec2.as_ref().and_then(|e| e.endpoint.as_deref())
         && !ctx.boundaries.ec2_endpoint_allowed(&ns, endpoint)
     {
@@ -1120,7 +1267,7 @@ async fn listing_provider(
         );
         return None;
     }
-    providers::for_cleanup(&ctx.client, policy).await
+    providers::for_cleanup(&ctx.client, policy, mode).await
 }
 
 /// Counts what a policy holds that this pass could not plan for (its ScaledObject or shape is
@@ -1129,7 +1276,7 @@ async fn listing_provider(
 /// creation under a cap back) while that listing fails.
 async fn count_unplanned(policy: &PrewarmPolicy, ctx: &Context) {
     let key = key_of(policy);
-    let Some(provider) = listing_provider(ctx, policy).await else {
+    let Some(provider) = listing_provider(ctx, policy, policy.spec.mode).await else {
         record_usage(ctx, &key, Usage::default());
         return;
     };
@@ -1303,6 +1450,16 @@ pub fn keeps_node_busy(p: &Pod) -> bool {
         && !p.labels().contains_key(warm::WARM_LABEL)
 }
 
+/// What becomes of the cordon on a node kept for its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cordon {
+    /// Uncordoned (if Headroom cordoned it): the unit stays in use.
+    Undo,
+    /// Left cordoned, so the pods there finish and nothing new lands: the unit is going
+    /// (policy deleted, mode changed).
+    Keep,
+}
+
 /// The annotation marking a node Headroom cordoned before removing its unit.
 pub const CORDONED_ANNOTATION: &str = "headroom.dev/cordoned";
 
@@ -1315,6 +1472,7 @@ async fn empty_before_removal(
     units: &[Unit],
     remove: Vec<String>,
     units_are_nodes: bool,
+    busy: Cordon,
 ) -> (Vec<String>, Vec<String>) {
     if !units_are_nodes {
         return (remove, Vec::new());
@@ -1356,11 +1514,27 @@ async fn empty_before_removal(
             }
             Err(e) => kept.push(format!("{id} (cannot list the pods of node {node}: {e})")),
         }
-        if cordoned && let Err(e) = uncordon(&nodes, &node).await {
+        if cordoned
+            && busy == Cordon::Undo
+            && let Err(e) = uncordon(&nodes, &node).await
+        {
             tracing::warn!(node, error = %e, "cannot uncordon a node kept for its pods");
         }
     }
     (go, kept)
+}
+
+/// The nodes of `units` that carry Headroom's cordon annotation, from the node store.
+fn left_cordoned<'a>(nodes: &Store<Node>, units: impl Iterator<Item = &'a Unit>) -> Vec<String> {
+    units
+        .filter_map(|u| u.node_name.as_deref())
+        .filter(|n| {
+            nodes
+                .get(&ObjectRef::new(n))
+                .is_some_and(|node| node.annotations().contains_key(CORDONED_ANNOTATION))
+        })
+        .map(String::from)
+        .collect()
 }
 
 /// Marks `node` unschedulable; `true` when Headroom did (it was schedulable), so only then is
@@ -1562,6 +1736,7 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
         last_forecast: report.forecast.clone().or(old.last_forecast),
         observed_time_to_capacity_seconds: ttc,
         image_warm: report.image_warm.clone().or(old.image_warm),
+        capacity_mode: report.capacity_mode.or(old.capacity_mode),
         conditions,
     };
     if let Some(mut g) = report.gauges {
@@ -1906,6 +2081,9 @@ fn set_image_warm_condition(c: &mut Conditions, w: &Warmth) {
 }
 
 /// On deletion: removes everything the policy holds (not in dry-run mode), then lets it go.
+/// Idle units go at once; a node that runs pods is cordoned (so nothing new lands there) and
+/// kept until it is empty: the finalizer stays, with a `Deleting` condition and an event naming
+/// what it waits for.
 async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(policy);
     ctx.demand.stop(&key);
@@ -1913,36 +2091,119 @@ async fn cleanup(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error>
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .forget(&key);
-    ctx.failures
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&key);
     if ctx.dry_run {
         return Ok(Action::await_change());
     }
-    let Some(provider) = listing_provider(ctx, policy).await else {
-        return Ok(Action::await_change());
-    };
     let pref = PolicyRef {
         namespace: key.0.clone(),
         name: key.1.clone(),
         uid: policy.uid().unwrap_or_default(),
     };
-    let units = match provider.list(&pref).await {
+    remove_prepull_pods(ctx, &pref, |_| true).await?;
+    // The spec's mode, and the one whose capacity it still held after a mode change.
+    let mut modes = vec![policy.spec.mode];
+    if let Some(held) = policy.status.as_ref().and_then(|s| s.capacity_mode)
+        && held != policy.spec.mode
+    {
+        modes.push(held);
+    }
+    let mut waiting = Drained::default();
+    for mode in modes {
+        let d = drain_mode(ctx, policy, &pref, mode, "policy deleted").await?;
+        waiting.kept.extend(d.kept);
+        waiting.units.extend(d.units);
+    }
+    if waiting.kept.is_empty() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "waiting for {} busy unit(s) to empty (cordoned; drain them to go sooner): {}",
+        waiting.kept.len(),
+        waiting.kept.join(", ")
+    );
+    let was = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Deleting"))
+        .is_some_and(|c| c.status == "True");
+    if !was {
+        publish(
+            ctx,
+            policy,
+            EventType::Normal,
+            "DeletionWaiting",
+            "Delete",
+            message.clone(),
+        )
+        .await;
+    }
+    let mut report = Report {
+        units: waiting.units,
+        ..Report::default()
+    };
+    report
+        .conditions
+        .set("Deleting", true, "WaitingForBusyUnits", message);
+    write_status(policy, ctx, &report).await?;
+    Err(Error::Busy(waiting.kept.len()))
+}
+
+/// What draining a mode's capacity left.
+#[derive(Debug, Default)]
+struct Drained {
+    /// The units kept, with why (pods on the node, or a node that cannot be checked).
+    kept: Vec<String>,
+    /// Those units.
+    units: Vec<Unit>,
+}
+
+/// Removes what `policy` holds in `mode`: units without a node and empty nodes at once; nodes
+/// with pods are cordoned and kept (see [`empty_before_removal`]). Nothing is sent where the
+/// operator does not allow ([`listing_provider`]).
+async fn drain_mode(
+    ctx: &Context,
+    policy: &PrewarmPolicy,
+    pref: &PolicyRef,
+    mode: CapacityMode,
+    why: &str,
+) -> Result<Drained, Error> {
+    let Some(provider) = listing_provider(ctx, policy, mode).await else {
+        return Ok(Drained::default());
+    };
+    let mut units = match provider.list(pref).await {
         Ok(u) => u,
         // The kind of object it would have made does not exist (no Karpenter CRDs): nothing
         // to remove.
         Err(ProviderError::Missing { .. }) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
-    remove_prepull_pods(ctx, &pref, |_| true).await?;
-    if !units.is_empty() {
-        let ids: Vec<String> = units.into_iter().map(|u| u.id).collect();
-        leading(ctx)?;
-        provider.remove(&pref, &ids).await?;
-        tracing::info!(namespace = %key.0, policy = %key.1, removed = ?ids, "policy deleted: capacity removed");
+    if units.is_empty() {
+        return Ok(Drained::default());
     }
-    Ok(Action::await_change())
+    let units_are_nodes = mode != CapacityMode::Overprovision;
+    if mode == CapacityMode::Ec2 {
+        if tokio::time::timeout(Duration::from_secs(10), ctx.nodes.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return Err(Error::NotReady);
+        }
+        nodes_by_provider_id(&ctx.nodes, &mut units);
+    }
+    let ids: Vec<String> = units.iter().map(|u| u.id.clone()).collect();
+    leading(ctx)?;
+    let (go, kept) = empty_before_removal(ctx, &units, ids, units_are_nodes, Cordon::Keep).await;
+    if !go.is_empty() {
+        leading(ctx)?;
+        provider.remove(pref, &go).await?;
+        tracing::info!(namespace = %pref.namespace, policy = %pref.name, removed = ?go, "{why}: capacity removed");
+    }
+    units.retain(|u| !go.contains(&u.id));
+    Ok(Drained { kept, units })
 }
 
 #[cfg(test)]
@@ -1969,6 +2230,53 @@ mod tests {
         ] {
             assert!(!keeps_node_busy(&pod(idle.clone())), "{idle}");
         }
+    }
+
+    #[test]
+    fn an_instance_is_found_by_the_providerid_of_its_node() {
+        assert_eq!(
+            instance_of_provider_id("aws:///us-east-1a/i-0123456789abcdef0"),
+            Some("i-0123456789abcdef0")
+        );
+        assert_eq!(instance_of_provider_id("aws:///i-abc"), Some("i-abc"));
+        for other in [
+            "",
+            "i-abc",
+            "gce://p/z/i-abc",
+            "aws:///us-east-1a/",
+            "aws:///us-east-1a/i-",
+            "aws:///us-east-1a/i-ab c",
+            "kwok://n1",
+        ] {
+            assert_eq!(instance_of_provider_id(other), None, "{other}");
+        }
+        let (reader, mut writer) = reflector::store::<Node>();
+        let node = |name: &str, pid: Option<&str>| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"providerID": pid}}))
+                .unwrap()
+        };
+        for n in [
+            node("gpu-a", Some("aws:///us-east-1a/i-1")),
+            // Named as EC2 names the instance, but another instance's node.
+            node("ip-10-0-0-2.ec2.internal", Some("aws:///us-east-1a/i-3")),
+            node("no-pid", None),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(n));
+        }
+        let mut units = vec![unit("i-1"), unit("i-2"), unit("i-3")];
+        units[1].node_name = Some("ip-10-0-0-2.ec2.internal".into());
+        nodes_by_provider_id(&reader, &mut units);
+        let names: Vec<Option<&str>> = units.iter().map(|u| u.node_name.as_deref()).collect();
+        assert_eq!(
+            names,
+            [Some("gpu-a"), None, Some("ip-10-0-0-2.ec2.internal")]
+        );
+        let mut cordoned = node("gpu-a", None);
+        cordoned
+            .annotations_mut()
+            .insert(CORDONED_ANNOTATION.into(), "true".into());
+        writer.apply_watcher_event(&watcher::Event::Apply(cordoned));
+        assert_eq!(left_cordoned(&reader, units.iter()), ["gpu-a"]);
     }
 
     #[test]

@@ -145,6 +145,17 @@ pub enum CapacityMode {
     Ec2,
 }
 
+impl CapacityMode {
+    /// As `spec.mode` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapacityMode::Karpenter => "karpenter",
+            CapacityMode::Overprovision => "overprovision",
+            CapacityMode::Ec2 => "ec2",
+        }
+    }
+}
+
 /// `mode: karpenter`: NodeClaims (`karpenter.sh/v1`) created ahead of demand.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -287,7 +298,13 @@ pub struct PrewarmPolicyStatus {
     /// once it holds the workload's images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_warm: Option<ImageWarmStatus>,
-    /// `Ready`, `LimitReached`, `DemandAvailable`, `ShapeResolved`, `ImageWarm`.
+    /// The mode whose capacity the policy holds. After `spec.mode` changes it names the old
+    /// mode until that mode's capacity is gone (idle units removed at once, busy nodes cordoned
+    /// and removed once empty); only then does the new mode create anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_mode: Option<CapacityMode>,
+    /// `Ready`, `LimitReached`, `DemandAvailable`, `ShapeResolved`, `ImageWarm`,
+    /// `CapacityFailing`, `Allowed`, `Deleting`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

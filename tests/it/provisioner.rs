@@ -1579,3 +1579,123 @@ async fn a_failed_pull_is_a_condition_and_an_event_and_the_unit_is_not_warm() {
     running.wait().await.unwrap();
     scaler.shutdown();
 }
+
+/// Never kill work on policy deletion: a NodeClaim whose node runs a pod is cordoned and kept
+/// (the policy stays, with `Deleting=True WaitingForBusyUnits` naming it) while the idle one
+/// goes at once; once the pod is gone the unit is removed and the policy with it. Real
+/// Karpenter (with kwok) makes the nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_policy_waits_for_its_busy_node_cordoned_and_removes_the_idle_one_at_once() {
+    use k8s_openapi::api::core::v1::Node;
+
+    let cluster = KubeCluster::start().unwrap();
+    cluster.start_karpenter(None).unwrap();
+    install_crds(&cluster);
+    let b = bed(&cluster, "pwp-del").await;
+    let (client, ns) = (b.client.clone(), b.ns.clone());
+    cluster
+        .apply(&policy(
+            &ns,
+            "gpu",
+            "worker",
+            &b.pool,
+            &b.scaler_addr,
+            "  limits: {maxNodes: 2, maxGpus: 2}\n",
+        ))
+        .unwrap();
+    let mut config = headroom_provisioner::Config::local("del", &ns);
+    config.watch_namespace = Some(ns.clone());
+    let _running = headroom_provisioner::start(config, client.clone(), None)
+        .await
+        .unwrap();
+    let policies: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
+    wait_condition(&policies, "gpu", "DemandAvailable", "True", "Answering").await;
+    push_jobs(&b.redis, 4).await;
+
+    let nodes_of_claims = wait_until(Duration::from_secs(120), "2 NodeClaims with nodes", || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            let claims = claims_of(&client, &ns, "gpu").await;
+            let named: Vec<(String, String)> = claims
+                .iter()
+                .filter_map(|c| {
+                    Some((
+                        c.metadata.name.clone()?,
+                        c.data["status"]["nodeName"].as_str()?.to_string(),
+                    ))
+                })
+                .collect();
+            anyhow::ensure!(named.len() == 2, "claims: {claims:?}");
+            Ok(Some(named))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\nkarpenter log:\n{}",
+            cluster.log_tail("karpenter", 40)
+        )
+    });
+    let (busy_claim, busy_node) = nodes_of_claims[0].clone();
+    let (idle_claim, _) = nodes_of_claims[1].clone();
+
+    // A worker on the first node (bound directly, as the scheduler would).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "busy"},
+        "spec": {"nodeName": busy_node, "containers": [{"name": "w", "image": "worker"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+
+    policies
+        .delete("gpu", &DeleteParams::default())
+        .await
+        .unwrap();
+    let message = wait_condition(&policies, "gpu", "Deleting", "True", "WaitingForBusyUnits").await;
+    assert!(message.contains(&busy_claim), "{message}");
+    assert!(!message.contains(&idle_claim), "{message}");
+    let left: Vec<String> = claims_of(&client, &ns, "gpu")
+        .await
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(
+        left,
+        [busy_claim.clone()],
+        "the idle NodeClaim goes at once"
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes.get(&busy_node).await.unwrap();
+    assert_eq!(
+        node.spec.as_ref().and_then(|s| s.unschedulable),
+        Some(true),
+        "the busy node stays cordoned so nothing new lands there"
+    );
+
+    pods.delete("busy", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(90),
+        "the policy and its last NodeClaim gone",
+        || {
+            let policies = policies.clone();
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                let gone = matches!(policies.get_opt("gpu").await?, None);
+                let claims = claims_of(&client, &ns, "gpu").await;
+                anyhow::ensure!(
+                    gone && claims.is_empty(),
+                    "policy gone: {gone}, claims: {}",
+                    claims.len()
+                );
+                Ok(Some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}

@@ -1006,6 +1006,8 @@ pub fn unit_of(
     let created_at = tag_millis(instance, CREATED_AT_TAG)
         .or(launched)
         .unwrap_or(fallback_now);
+    // EC2's private DNS name, which is the node's name only by default: the controller
+    // replaces it with the node whose providerID names the instance.
     let node_name = instance
         .private_dns_name()
         .filter(|n| !n.is_empty())

@@ -192,16 +192,26 @@ pub fn worst_of(types: &[&InstanceType]) -> UnitCost {
     }
 }
 
-/// The provider of `policy`'s mode for listing and removing what it holds, without resolving
-/// anything the policy names (its NodePool may be gone): for clean-up on deletion. `None` for
-/// modes not in this build (which then created nothing).
+/// The provider of `mode` for listing and removing what `policy` holds in it, without resolving
+/// anything the policy names (its NodePool may be gone): for clean-up on deletion and after a
+/// mode change. `None` when EC2's parameters are gone or cannot build a client.
 pub async fn for_cleanup(
     client: &kube::Client,
     policy: &PrewarmPolicy,
+    mode: CapacityMode,
 ) -> Option<Box<dyn CapacityProvider>> {
-    match policy.spec.mode {
+    match mode {
         CapacityMode::Karpenter => {
-            let spec = policy.spec.karpenter.clone()?;
+            // Listing and removal find NodeClaims by the policy's label alone: they work after
+            // a mode change removed `spec.karpenter`.
+            let spec = policy
+                .spec
+                .karpenter
+                .clone()
+                .unwrap_or_else(|| crate::crd::KarpenterSpec {
+                    node_pool: String::new(),
+                    instance_types: Vec::new(),
+                });
             Some(Box::new(Timed(Box::new(
                 karpenter::KarpenterProvider::new(client.clone(), spec),
             ))))
