@@ -23,7 +23,10 @@ fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     entries.sort();
     for path in entries {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if path.is_dir() {
             // Hidden folders (.git, .cache, .venv) and build output hold no docs of ours.
             if !name.starts_with('.') && !SKIPPED_DIRS.contains(&name) {
@@ -279,7 +282,10 @@ fn every_link_in_the_docs_stays_in_the_repository_and_lands_on_a_file_and_headin
             }
         }
     }
-    assert!(links > 50, "only {links} links found: is the parser broken?");
+    assert!(
+        links > 50,
+        "only {links} links found: is the parser broken?"
+    );
     assert!(
         problems.is_empty(),
         "{} broken link(s) in the repository's Markdown:\n{}",
@@ -306,7 +312,10 @@ fn slugs_follow_github() {
         slug("What each program may do (RBAC)"),
         "what-each-program-may-do-rbac"
     );
-    assert_eq!(slug("`headroom-scaler serve` flags"), "headroom-scaler-serve-flags");
+    assert_eq!(
+        slug("`headroom-scaler serve` flags"),
+        "headroom-scaler-serve-flags"
+    );
     assert_eq!(slug("See [the docs](x.md) here"), "see-the-docs-here");
     let a = anchors("# A\n## A\n```\n# not a heading\n```\n### b_c\n");
     assert_eq!(
