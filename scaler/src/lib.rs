@@ -15,6 +15,7 @@ pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod demand;
+pub mod docs;
 pub mod error;
 pub mod estimate;
 pub mod forecast;

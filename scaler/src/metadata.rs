@@ -30,6 +30,60 @@ pub const KEDA_EXTERNAL_KEYS: &[&str] = &[
 /// Suffix of keys whose value KEDA resolved from the workload's environment.
 pub const FROM_ENV: &str = "FromEnv";
 
+/// One metadata key a parser reads: the user reference for it. Each source (and planned mode,
+/// and the trigger itself) declares its keys once, in a table of these next to its parser;
+/// the docs' key tables are rendered from them ([`crate::docs`], a test fails on drift), the
+/// hints on unknown keys come from them, and [`crate::trigger::Trigger::parse`] checks (in
+/// debug builds) that a parser reads no key its tables do not declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    /// The key as written in the trigger's `metadata` (its `FromEnv` and `Secret` forms are
+    /// the same key).
+    pub name: &'static str,
+    pub default: KeyDefault,
+    /// What it means, as one Markdown table cell.
+    pub doc: &'static str,
+}
+
+/// What a key is when it is not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDefault {
+    /// The trigger is refused without it.
+    Required,
+    /// Its default, as the docs show it (Markdown: `` `celery` ``, `5`, `none`).
+    Is(&'static str),
+}
+
+impl Key {
+    pub const fn required(name: &'static str, doc: &'static str) -> Self {
+        Self {
+            name,
+            default: KeyDefault::Required,
+            doc,
+        }
+    }
+
+    pub const fn optional(name: &'static str, default: &'static str, doc: &'static str) -> Self {
+        Self {
+            name,
+            default: KeyDefault::Is(default),
+            doc,
+        }
+    }
+}
+
+/// Whether `key` (or its `FromEnv` or `Secret` form) is one of `tables`' keys.
+pub fn declared(tables: &[&[Key]], key: &str) -> bool {
+    let base = key
+        .strip_suffix(FROM_ENV)
+        .or_else(|| key.strip_suffix(SECRET))
+        .unwrap_or(key);
+    tables
+        .iter()
+        .flat_map(|t| t.iter())
+        .any(|k| k.name == key || k.name == base)
+}
+
 /// Whether a key carries a secret: its value never appears in an error or a log line.
 pub fn is_secret_key(key: &str) -> bool {
     let base = key.strip_suffix(FROM_ENV).unwrap_or(key);
@@ -237,6 +291,11 @@ impl<'a> Reader<'a> {
 
     pub fn has_problems(&self) -> bool {
         !self.problems.is_empty()
+    }
+
+    /// The keys read so far, as given (with their `FromEnv` or `Secret` suffix).
+    pub fn read_keys(&self) -> &[&'a str] {
+        &self.read
     }
 
     fn mark(&mut self, key: &'a str) {

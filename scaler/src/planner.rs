@@ -11,22 +11,50 @@ use serde::{Deserialize, Serialize};
 
 use crate::estimate::{Estimator, EstimatorConfig, Observation};
 use crate::forecast::{DEFAULT_BIN_SECONDS, ForecastConfig, ForecastError, Forecaster};
-use crate::metadata::{Problem, Reader};
+use crate::metadata::{Key, Problem, Reader};
 use crate::policy::{Decision, Demand, PolicyConfig};
 use crate::schedule::{Schedule, instant};
 
-/// Every key planned mode reads (without `FromEnv` forms), for hints on unknown keys.
-pub const KEYS: &[&str] = &[
-    "tasksPerReplica",
-    "serviceTimeSeconds",
-    "concurrency",
-    "drainSeconds",
-    "schedule",
-    "timezone",
-    "forecast",
-    "leadTimeSeconds",
-    "minReplicas",
-    "maxReplicas",
+/// Every key planned mode reads in a trigger (the per-replica target is the source's own:
+/// `tasksPerReplica`, `listLength`, `queueLength`, `lagThreshold`).
+pub const KEYS: &[Key] = &[
+    Key::optional(
+        "serviceTimeSeconds",
+        "learned",
+        "seconds one task takes on one worker slot (> 0); learned from the observed drain when not given",
+    ),
+    Key::optional(
+        "concurrency",
+        "1",
+        "tasks one replica processes at once (≥ 1)",
+    ),
+    Key::optional(
+        "drainSeconds",
+        "60",
+        "how fast a backlog should clear (> 0)",
+    ),
+    Key::optional(
+        "leadTimeSeconds",
+        "300",
+        "how far ahead capacity must be asked for: node boot + image pull + start (0–86400)",
+    ),
+    Key::optional(
+        "schedule",
+        "none",
+        "`;`-separated windows `<cron start> for <duration> = <replicas>`; five cron fields (lists, ranges, steps, names, `@daily` …), durations like `10h`, `90m`, `1h30m` (≤ 31 days). A window that overlaps itself (`0 * * * * for 2h`) is refused; different windows may overlap and the largest wins. KEDA's `cron` trigger `start/end/desiredReplicas` is `<start> for <end − start> = <desiredReplicas>`",
+    ),
+    Key::optional(
+        "timezone",
+        "`UTC`",
+        "IANA name for the cron fields. A start in a skipped hour (spring forward) opens at the jump; a repeated hour (fall back) opens once",
+    ),
+    Key::optional(
+        "forecast",
+        "`off`",
+        "`seasonal`: a learned daily + weekly model of arrivals; stays out of the answer until it has a full period",
+    ),
+    Key::optional("minReplicas", "0", "lower bound on the answer"),
+    Key::optional("maxReplicas", "100", "upper bound on the answer"),
 ];
 
 /// Default `leadTimeSeconds`: a GPU node's boot plus a large image pull

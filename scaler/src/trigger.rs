@@ -3,10 +3,23 @@
 use std::collections::HashMap;
 
 use crate::access::Access;
-use crate::metadata::{MetadataError, Problem, Reader, normalize_metric_name};
+use crate::metadata::{Key, MetadataError, Problem, Reader, declared, normalize_metric_name};
 use crate::planner::{self, PlannedConfig};
 use crate::sources::kafka::Persistent;
 use crate::sources::{Depth, Query, SourceConfig, SourceKind};
+
+/// The keys of every trigger, whatever its source.
+pub const KEYS: &[Key] = &[
+    Key::required(
+        "source",
+        "`celery`, `redis-list`, `aws-sqs-queue` or `kafka`",
+    ),
+    Key::optional(
+        "metric",
+        "`depth`",
+        "`depth`: the KEDA-compatible value and target. `replicas`: [planned mode](planned-mode.md)",
+    ),
+];
 
 /// What the trigger's metric means.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,12 +135,12 @@ impl Trigger {
             _ => Some(MetricMode::Depth),
         };
         let hint = |key: &str| -> Option<String> {
-            if !planned && planner::KEYS.contains(&key) {
+            if !planned && declared(&[planner::KEYS], key) {
                 return Some("read only with `metric: replicas`".into());
             }
             let users: Vec<&str> = SourceKind::ALL
                 .iter()
-                .filter(|k| **k != kind && k.keys().contains(&key))
+                .filter(|k| **k != kind && declared(k.keys(), key))
                 .map(|k| k.name())
                 .collect();
             (!users.is_empty()).then(|| {
@@ -138,6 +151,20 @@ impl Trigger {
                 )
             })
         };
+        // The key tables are the reference (and the docs): a parser reading a key they do
+        // not declare is a bug, caught by every parsing test.
+        debug_assert!(
+            r.read_keys().iter().all(|k| {
+                let mut tables = vec![KEYS];
+                tables.extend_from_slice(kind.keys());
+                if planned {
+                    tables.push(planner::KEYS);
+                }
+                declared(&tables, k)
+            }),
+            "a parser read an undeclared key: {:?}",
+            r.read_keys()
+        );
         r.finish(&hint)?;
         let (Some(source), Some(metric)) = (source, metric) else {
             // Every parser records a problem before returning None.
@@ -279,6 +306,80 @@ mod tests {
     }
 
     #[test]
+    fn every_declared_key_is_read_by_its_parser() {
+        // The other direction (no key is read that is not declared) is the debug assertion in
+        // `parse_with`, which every parsing test exercises.
+        let unread = |m: &HashMap<String, String>| -> Vec<Problem> {
+            match Trigger::parse(m) {
+                Ok(_) => Vec::new(),
+                Err(e) => e
+                    .problems
+                    .into_iter()
+                    .filter(|p| matches!(p, Problem::Unknown { .. } | Problem::TooLarge { .. }))
+                    .collect(),
+            }
+        };
+        // Every key of a source at once (values need not be valid: sources read every key
+        // before judging them).
+        for kind in SourceKind::ALL {
+            let mut m: HashMap<String, String> = kind
+                .keys()
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|k| (k.name.to_string(), "1".to_string()))
+                .collect();
+            m.insert("source".into(), kind.name().into());
+            m.insert("metric".into(), "depth".into());
+            let unread = unread(&m);
+            assert!(
+                unread.is_empty(),
+                "{}: declared keys not read: {unread:?}",
+                kind.name()
+            );
+        }
+        // Planned mode's keys, on a valid trigger of each source (planned mode is parsed only
+        // once the source is).
+        let base: [&[(&str, &str)]; 4] = [
+            &[("source", "celery"), ("address", "r:1")],
+            &[
+                ("source", "redis-list"),
+                ("address", "r:1"),
+                ("listName", "j"),
+            ],
+            &[
+                ("source", "aws-sqs-queue"),
+                ("queueURL", "https://sqs.eu-west-1.amazonaws.com/1/q"),
+                ("awsRegion", "eu-west-1"),
+            ],
+            &[
+                ("source", "kafka"),
+                ("bootstrapServers", "k:9092"),
+                ("consumerGroup", "g"),
+                ("topic", "t"),
+            ],
+        ];
+        for pairs in base {
+            let mut m = md(pairs);
+            m.insert("metric".into(), "replicas".into());
+            for k in planner::KEYS {
+                let value = match k.name {
+                    "schedule" => "0 8 * * * for 1h = 2",
+                    "timezone" => "UTC",
+                    "forecast" => "seasonal",
+                    "maxReplicas" => "10",
+                    _ => "1",
+                };
+                m.insert(k.name.into(), value.into());
+            }
+            let unread = unread(&m);
+            assert!(
+                unread.is_empty(),
+                "{pairs:?}: planned keys not read: {unread:?}"
+            );
+        }
+    }
+
+    #[test]
     fn planned_keys_without_planned_mode_are_named() {
         let err = Trigger::parse(&md(&[
             ("source", "celery"),
@@ -322,11 +423,12 @@ mod fuzz {
     fn key() -> impl Strategy<Value = String> {
         let mut known: Vec<String> = SourceKind::ALL
             .iter()
-            .flat_map(|k| k.keys().iter())
-            .map(|k| k.to_string())
+            .flat_map(|k| k.keys().iter().flat_map(|t| t.iter()))
+            .map(|k| k.name.to_string())
             .collect();
-        known.extend(["source", "metric", "scalerAddress"].map(String::from));
-        known.extend(planner::KEYS.iter().map(|k| k.to_string()));
+        known.extend(KEYS.iter().map(|k| k.name.to_string()));
+        known.push("scalerAddress".into());
+        known.extend(planner::KEYS.iter().map(|k| k.name.to_string()));
         let with_env: Vec<String> = known.iter().map(|k| format!("{k}FromEnv")).collect();
         known.extend(with_env);
         prop_oneof![

@@ -1,6 +1,6 @@
 //! The seasonal forecaster against seasonal-naive on the real traces (sim/traces/real, see
 //! SOURCES.md there), at a 5-minute lead (one bin; an hour or half an hour on the coarser
-//! traces). The figures are in the README; `headroom-sim backtest` prints them.
+//! traces). The figures are in docs/planned-mode.md ("The forecast"); `headroom-sim backtest` prints them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -2,7 +2,7 @@
 //! as committed in charts/headroom/rendered/ (regenerate with `bash tests/scripts/render-chart.sh`),
 //! `helm lint --strict` passes, a real kube-apiserver accepts every rendered object in a
 //! server-side dry run (with prometheus-operator's CRDs for the ServiceMonitor and PrometheusRule),
-//! the RBAC it installs grants exactly the access listed in the README's "Operate" section, and
+//! the RBAC it installs grants exactly the access listed in docs/operations.md ("What each program may do"), and
 //! bad values fail `helm install` with a message naming the value. The examples' ScaledObjects
 //! and PrewarmPolicies are validated the same way against KEDA's and the chart's CRDs.
 

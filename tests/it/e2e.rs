@@ -17,7 +17,7 @@
 //! through the scaler's push stream, the HPA sizes it to what the scaler asks, and the pods land
 //! on the prewarmed nodes. The worker drains the queue; after the window and KEDA's cooldown the
 //! Deployment is back at 0, and after `scaleDownAfter` the nodes are gone. The test prints the
-//! timeline (the README's "End to end" section records one run).
+//! timeline (CONTRIBUTING.md's "End to end" section records one run).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 

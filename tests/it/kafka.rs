@@ -646,9 +646,9 @@ async fn broker_outage_is_unavailable_and_recovers_without_restarting_the_scaler
     );
 }
 
-/// `headroom-scaler check` on the README's example (SASL/SCRAM-SHA-512; TLS off here, as the
-/// test broker's SASL listener is plaintext), with the worker's environment giving the
-/// credentials: what KEDA would receive.
+/// `headroom-scaler check` on the Kafka example (`examples/kafka/scaledobject.yaml`;
+/// SASL/SCRAM-SHA-512; TLS off here, as the test broker's SASL listener is plaintext), with the
+/// worker's environment giving the credentials: what KEDA would receive.
 #[tokio::test]
 async fn the_example_scaled_object_checks_against_a_real_broker() {
     use headroom_scaler::check::{Target, triggers_from_yaml};

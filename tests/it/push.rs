@@ -9,7 +9,7 @@ use headroom_integration::*;
 use headroom_scaler::server::ServeConfig;
 
 // Push latency is asserted loosely here (well under KEDA's 30 s polling interval, so it can only
-// be the push); the figures for the README come from `cargo bench --bench push`, which repeats
+// be the push); the figures in docs/benchmarks.md come from `cargo bench --bench push`, which repeats
 // the measurement and reports percentiles.
 
 #[tokio::test]

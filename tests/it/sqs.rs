@@ -566,8 +566,9 @@ async fn child_without_credentials_is_permission_denied() {
     eprintln!("no credentials: {}", err.message());
 }
 
-/// `headroom-scaler check` on the README's example, with the worker's environment giving the
-/// queue URL: what KEDA would receive.
+/// `headroom-scaler check` on the SQS example (`examples/sqs/scaledobject.yaml`, linked from
+/// docs/sources/sqs.md), with the worker's environment giving the queue URL: what KEDA would
+/// receive.
 #[tokio::test]
 async fn the_example_scaled_object_checks_against_a_real_queue() {
     use headroom_scaler::check::{Target, triggers_from_yaml};

@@ -22,25 +22,72 @@ use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::{Depth, SourceError, cause};
 use crate::cache::BoundedMap;
-use crate::metadata::{Plain, Problem, Reader};
+use crate::metadata::{Key, Plain, Problem, Reader};
 use crate::secrets::{Credential, Secrets};
 
-/// Keys of this source (each also in its `FromEnv` form, except the secrets, which only come
-/// from the environment).
-pub const KEYS: &[&str] = &[
-    "queueURL",
-    "awsRegion",
-    "awsEndpoint",
-    "queueLength",
-    "activationQueueLength",
-    "scaleOnInFlight",
-    "scaleOnDelayed",
-    "identityOwner",
-    "awsAccessKeyID",
-    "awsAccessKeyId",
-    "awsSecretAccessKey",
-    "awsSessionToken",
-    "awsRoleArn",
+/// Keys of this source (each also in its `FromEnv` form; the secrets only in that form or in
+/// their `Secret` form, which `awsAccessKeyID` also accepts).
+pub const KEYS: &[Key] = &[
+    Key::required(
+        "queueURL",
+        "`https://sqs.<region>.amazonaws.com/<account>/<name>`; a URL's path must be exactly `/<account>/<name>`. A value Go's `url.ParseRequestURI` rejects (e.g. `my-queue`) is a bare queue name, looked up once with GetQueueUrl in the credentials' account",
+    ),
+    Key::required("awsRegion", "the queue's region"),
+    Key::optional(
+        "awsEndpoint",
+        "AWS",
+        "another endpoint (VPC endpoint, SQS-compatible server); `http(s)://`",
+    ),
+    Key::optional(
+        "queueLength",
+        "5",
+        "target messages per replica (> 0; KEDA does not check this, and a 0 target breaks the HPA)",
+    ),
+    Key::optional(
+        "activationQueueLength",
+        "0",
+        "active when the value is above this",
+    ),
+    Key::optional(
+        "scaleOnInFlight",
+        "true",
+        "add ApproximateNumberOfMessagesNotVisible (received, not deleted)",
+    ),
+    Key::optional(
+        "scaleOnDelayed",
+        "false",
+        "add ApproximateNumberOfMessagesDelayed",
+    ),
+    Key::optional(
+        "identityOwner",
+        "`pod`",
+        "`operator`: use the scaler's own identity only (static keys are then an error)",
+    ),
+    Key::optional(
+        "awsAccessKeyID",
+        "none",
+        "static access key id, with `awsSecretAccessKeyFromEnv` (or `awsAccessKeyIDFromEnv`, `awsAccessKeyIDSecret`); without static keys the scaler's own identity is used",
+    ),
+    Key::optional(
+        "awsAccessKeyId",
+        "none",
+        "the same as `awsAccessKeyID` (KEDA accepts both spellings)",
+    ),
+    Key::optional(
+        "awsSecretAccessKey",
+        "none",
+        "the secret of the static keys, accepted **only** as `awsSecretAccessKeyFromEnv` (the workload's environment) or `awsSecretAccessKeySecret`",
+    ),
+    Key::optional(
+        "awsSessionToken",
+        "none",
+        "a session token for the static keys, accepted **only** as `awsSessionTokenFromEnv` or `awsSessionTokenSecret`",
+    ),
+    Key::optional(
+        "awsRoleArn",
+        "none",
+        "a role to assume (STS AssumeRole, session `headroom-scaler`) with the credentials above or the scaler's own",
+    ),
 ];
 
 /// The counters one read asks for, in this order.

@@ -13,27 +13,42 @@ use redis::Script;
 use super::redis_conn::{RedisEndpoint, RedisPool, classify};
 use super::{Depth, SourceError, WatchSpec, show_key};
 use crate::cache::BoundedMap;
-use crate::metadata::{Problem, Reader};
+use crate::metadata::{Key, Problem, Reader};
 
-/// Keys of this source.
-pub const KEYS: &[&str] = &[
-    "queues",
-    "prioritySteps",
-    "prioritySeparator",
-    "keyPrefix",
-    "includeUnacked",
-    "unackedMaxAgeSeconds",
-    "tasksPerReplica",
-    "activationTasks",
-    "url",
-    "address",
-    "host",
-    "port",
-    "databaseIndex",
-    "username",
-    "password",
-    "enableTLS",
-    "unsafeSsl",
+/// Keys of this source, besides the [connection keys](super::redis_conn::CONNECTION_KEYS).
+pub const KEYS: &[Key] = &[
+    Key::optional(
+        "queues",
+        "`celery`",
+        "comma-separated queue names; the value is their sum",
+    ),
+    Key::optional(
+        "prioritySteps",
+        "`0,3,6,9`",
+        "kombu's `priority_steps`: each non-zero step has a list `<queue><sep><step>`",
+    ),
+    Key::optional(
+        "prioritySeparator",
+        "`\\x06\\x16`",
+        "kombu's `sep`; `\\xNN` escapes are decoded (`'\\x06\\x16'` in single-quoted YAML works)",
+    ),
+    Key::optional("keyPrefix", "empty", "kombu's `global_keyprefix`"),
+    Key::optional(
+        "includeUnacked",
+        "true",
+        "count tasks workers prefetched and have not acknowledged (the `unacked` hash), read server-side in one Lua script per read",
+    ),
+    Key::optional(
+        "unackedMaxAgeSeconds",
+        "3600",
+        "prefetched entries older than this (left by killed workers) stop counting; kombu's visibility timeout",
+    ),
+    Key::optional("tasksPerReplica", "5", "target tasks per replica (> 0)"),
+    Key::optional(
+        "activationTasks",
+        "0",
+        "active when the value is above this",
+    ),
 ];
 
 /// kombu's default `sep` transport option.

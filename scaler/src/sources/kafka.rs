@@ -27,35 +27,107 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use serde::{Deserialize, Serialize};
 
 use super::{Depth, SourceError, cause};
-use crate::metadata::{Plain, Problem, Reader};
+use crate::metadata::{Key, Plain, Problem, Reader};
 use crate::secrets::{Credential, Secrets};
 use crate::shared_state::{SharedState, StateError};
 
 /// Keys of this source (each also in its `FromEnv` form; the secrets only in that form or in
 /// their `Secret` form, which `ca`, `cert` and `username` also accept).
-pub const KEYS: &[&str] = &[
-    "bootstrapServers",
-    "consumerGroup",
-    "topic",
-    "partitionLimitation",
-    "lagThreshold",
-    "activationLagThreshold",
-    "offsetResetPolicy",
-    "allowIdleConsumers",
-    "excludePersistentLag",
-    "scaleToZeroOnInvalidOffset",
-    "limitToPartitionsWithLag",
-    "ensureEvenDistributionOfPartitions",
-    "version",
-    "tls",
-    "unsafeSsl",
-    "ca",
-    "cert",
-    "key",
-    "keyPassword",
-    "sasl",
-    "username",
-    "password",
+pub const KEYS: &[Key] = &[
+    Key::required("bootstrapServers", "comma-separated `host:port`"),
+    Key::required("consumerGroup", "the group whose lag is measured"),
+    Key::optional(
+        "topic",
+        "all",
+        "without it: every topic the group has committed offsets for (metric `kafka-<group>-topics`)",
+    ),
+    Key::optional(
+        "partitionLimitation",
+        "all",
+        "partitions counted: `1,2`, ranges `1-4,8,10-12`; ignored without `topic`",
+    ),
+    Key::optional("lagThreshold", "10", "target lag per replica (> 0)"),
+    Key::optional(
+        "activationLagThreshold",
+        "0",
+        "active when the lag (persistent lag included) is above this (≥ 0)",
+    ),
+    Key::optional(
+        "offsetResetPolicy",
+        "`latest`",
+        "a partition with no committed offset counts 1 (`latest`) or its latest offset (`earliest`)",
+    ),
+    Key::optional("scaleToZeroOnInvalidOffset", "false", "…or 0"),
+    Key::optional(
+        "allowIdleConsumers",
+        "false",
+        "let the value exceed partitions × threshold",
+    ),
+    Key::optional(
+        "limitToPartitionsWithLag",
+        "false",
+        "cap at partitions *with lag* × threshold (needs `topic`; not with `allowIdleConsumers` or `ensureEvenDistributionOfPartitions`)",
+    ),
+    Key::optional(
+        "ensureEvenDistributionOfPartitions",
+        "false",
+        "round the value up to (smallest factor of the partition count covering the lag) × threshold (needs `topic`)",
+    ),
+    Key::optional(
+        "excludePersistentLag",
+        "false",
+        "a partition whose committed offset has not moved since the previous read counts 0 toward the value (still toward activation)",
+    ),
+    Key::optional(
+        "version",
+        "—",
+        "accepted and checked (`x.y.z`, `0.x.y.z`) for compatibility; librdkafka negotiates versions itself",
+    ),
+    Key::optional(
+        "tls",
+        "`disable`",
+        "`enable`: TLS, verified against `ca` or the system roots",
+    ),
+    Key::optional(
+        "ca",
+        "system roots",
+        "PEM text of the CA to verify the brokers against (`ca`, `caFromEnv` or `caSecret`)",
+    ),
+    Key::optional(
+        "cert",
+        "none",
+        "PEM client certificate, with `key` (also `certFromEnv`, `certSecret`)",
+    ),
+    Key::optional(
+        "key",
+        "none",
+        "PEM private key of `cert`, accepted only as `keyFromEnv` or `keySecret`",
+    ),
+    Key::optional(
+        "keyPassword",
+        "none",
+        "password of an encrypted `key`, accepted only as `keyPasswordFromEnv` or `keyPasswordSecret`",
+    ),
+    Key::optional(
+        "unsafeSsl",
+        "false",
+        "`true` skips certificate verification",
+    ),
+    Key::optional(
+        "sasl",
+        "`none`",
+        "`plaintext` (PLAIN; `plain` also accepted), `scram_sha256`, `scram_sha512` (`oauthbearer` and `gssapi` are refused by name: not supported yet)",
+    ),
+    Key::optional(
+        "username",
+        "none",
+        "SASL user (`username`, `usernameFromEnv` or `usernameSecret`)",
+    ),
+    Key::optional(
+        "password",
+        "none",
+        "SASL password, accepted only as `passwordFromEnv` or `passwordSecret`",
+    ),
 ];
 
 /// `offsetResetPolicy`: what a partition with no committed offset counts as.

@@ -13,7 +13,7 @@ pub mod redis_list;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::metadata::Reader;
+use crate::metadata::{Key, Reader};
 use crate::secrets::{SecretError, Secrets};
 
 /// How much work a queue holds, as read at one instant.
@@ -94,13 +94,14 @@ impl SourceKind {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Every metadata key this source reads (without `FromEnv` forms).
-    pub fn keys(self) -> &'static [&'static str] {
+    /// The tables of every metadata key this source reads (without `FromEnv` or `Secret`
+    /// forms): its own, and the connection keys it shares with the other Redis source.
+    pub fn keys(self) -> &'static [&'static [Key]] {
         match self {
-            SourceKind::Celery => celery::KEYS,
-            SourceKind::RedisList => redis_list::KEYS,
-            SourceKind::AwsSqsQueue => aws_sqs_queue::KEYS,
-            SourceKind::Kafka => kafka::KEYS,
+            SourceKind::Celery => &[celery::KEYS, redis_conn::CONNECTION_KEYS],
+            SourceKind::RedisList => &[redis_list::KEYS, redis_conn::CONNECTION_KEYS],
+            SourceKind::AwsSqsQueue => &[aws_sqs_queue::KEYS],
+            SourceKind::Kafka => &[kafka::KEYS],
         }
     }
 }

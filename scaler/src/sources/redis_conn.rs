@@ -13,21 +13,41 @@ use redis::{
 
 use super::SourceError;
 use crate::cache::BoundedMap;
-use crate::metadata::{Plain, Problem, Reader};
+use crate::metadata::{Key, Plain, Problem, Reader};
 use crate::secrets::{Credential, Secrets};
 
 /// The connection keys every Redis source accepts (each also in its `FromEnv` form;
-/// `username` and `password` also in their `Secret` form).
-pub const CONNECTION_KEYS: &[&str] = &[
-    "url",
-    "address",
-    "host",
-    "port",
-    "databaseIndex",
-    "username",
-    "password",
-    "enableTLS",
-    "unsafeSsl",
+/// `username` and `password` also in their `Secret` form): KEDA's `redis` scaler's plus `url`.
+pub const CONNECTION_KEYS: &[Key] = &[
+    Key::optional(
+        "address",
+        "—",
+        "`host:port` (`[::1]:6379` for IPv6). Give exactly one of `url`, `address`, `host`+`port`",
+    ),
+    Key::optional("host", "—", "the host, with `port`"),
+    Key::optional("port", "—", "the port; required with `host`"),
+    Key::optional(
+        "url",
+        "—",
+        "`redis://[user:password@]host[:port][/db]`, `rediss://` for TLS, `#insecure` to skip verification",
+    ),
+    Key::optional("databaseIndex", "0", "database number"),
+    Key::optional(
+        "username",
+        "none",
+        "ACL user (also `usernameFromEnv`, `usernameSecret`)",
+    ),
+    Key::optional(
+        "password",
+        "none",
+        "password (use the `FromEnv` or `Secret` forms; never put secrets in metadata)",
+    ),
+    Key::optional(
+        "enableTLS",
+        "false",
+        "TLS to Redis (verified against the webpki roots). KEDA reads it too, for its own connection to the scaler: see below",
+    ),
+    Key::optional("unsafeSsl", "false", "skip certificate verification"),
 ];
 
 /// Where a Redis source reads, and as whom. Two triggers with equal endpoints share one

@@ -5,24 +5,26 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use super::redis_conn::{CONNECTION_KEYS, RedisEndpoint, RedisPool, classify};
+use super::redis_conn::{RedisEndpoint, RedisPool, classify};
 use super::{Depth, SourceError, WatchSpec, show_key};
-use crate::metadata::{Problem, Reader};
+use crate::metadata::{Key, Problem, Reader};
 
-/// Keys of this source, besides the connection keys.
-pub const KEYS: &[&str] = &[
-    "listName",
-    "listLength",
-    "activationListLength",
-    "url",
-    "address",
-    "host",
-    "port",
-    "databaseIndex",
-    "username",
-    "password",
-    "enableTLS",
-    "unsafeSsl",
+/// Keys of this source, besides the [connection keys](super::redis_conn::CONNECTION_KEYS).
+pub const KEYS: &[Key] = &[
+    Key::required(
+        "listName",
+        "the key; its length by type: list LLEN, set SCARD, sorted set ZCARD, hash HLEN, missing 0, any other type an error",
+    ),
+    Key::optional(
+        "listLength",
+        "5",
+        "target per replica (> 0; KEDA does not check this, and a 0 target breaks the HPA)",
+    ),
+    Key::optional(
+        "activationListLength",
+        "0",
+        "active when the length is above this",
+    ),
 ];
 
 /// Metadata of a `redis-list` trigger. Every key also accepts its `FromEnv` form.
@@ -42,7 +44,6 @@ pub struct RedisListMetadata {
 
 impl RedisListMetadata {
     pub fn parse(r: &mut Reader<'_>) -> Option<Self> {
-        debug_assert!(CONNECTION_KEYS.iter().all(|k| KEYS.contains(k)));
         let endpoint = RedisEndpoint::parse(r);
         let list_name = r.required_string("listName");
         let list_length = r.int("listLength", 5i64);
