@@ -3,7 +3,8 @@
 //!
 //! - [`admin`]: what the operator lets policies name (NodePools, templates, endpoints, …);
 //! - [`crd`]: the `PrewarmPolicy` resource (`headroom.dev/v1alpha1`);
-//! - [`plan`]: the pure planner — forecast, pod shape, capacity and limits in, capacity wanted out;
+//! - [`plan`]: the pure planner — forecast, pod shape, capacity and limits in, capacity wanted out
+//!   (in `headroom-policy`, re-exported);
 //! - [`shape`]: the workload pod's shape, read from its pod template;
 //! - [`karpenter`], [`overprovision`]: the objects each capacity mode creates, built purely;
 //! - [`provider`]: the `CapacityProvider` contract; [`providers`]: its implementations;
@@ -21,12 +22,14 @@ pub mod launches;
 pub mod leader;
 pub mod metrics;
 pub mod overprovision;
-pub mod plan;
 pub mod provider;
 pub mod providers;
 pub mod serve;
 pub mod shape;
 pub mod warm;
+
+// The pure planner, moved to headroom-policy; re-exported at the path it had here.
+pub use headroom_policy::plan;
 
 pub use serve::{Config, Running, start};
 

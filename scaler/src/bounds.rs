@@ -26,8 +26,8 @@ pub const MAX_KAFKA_PARTITIONS: usize = 10_000;
 /// Redis lists one Celery read counts: queues × (priority steps), each an `LLEN`.
 pub const MAX_CELERY_LISTS: usize = 256;
 
-/// Windows in one `schedule`.
-pub const MAX_SCHEDULE_WINDOWS: usize = 32;
+/// Windows in one `schedule` (enforced by the schedule parser itself).
+pub const MAX_SCHEDULE_WINDOWS: usize = headroom_policy::schedule::MAX_WINDOWS;
 
 /// Triggers in one Demand request.
 pub const MAX_DEMAND_TRIGGERS: usize = 16;

@@ -17,23 +17,22 @@ pub mod cli;
 pub mod demand;
 pub mod docs;
 pub mod error;
-pub mod estimate;
-pub mod forecast;
 pub mod keys;
 pub mod metadata;
 pub mod metrics;
 pub mod observations;
 pub mod planned;
 pub mod planner;
-pub mod policy;
 pub mod push;
-pub mod schedule;
 pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod shared_state;
 pub mod sources;
 pub mod trigger;
+
+// The pure policy, moved to headroom-policy; re-exported at the paths it had here.
+pub use headroom_policy::{estimate, forecast, policy, schedule};
 
 /// Makes ring the process-wide rustls crypto provider (see [`headroom_common`]); called by every
 /// entry point that may open TLS connections ([`server::start`], `check`, the Redis pools).

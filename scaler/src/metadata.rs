@@ -546,14 +546,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Go's `strconv.ParseInt(s, 10, _)`: an optional sign then ASCII digits.
-pub fn parse_int<T: std::str::FromStr>(s: &str) -> Option<T> {
-    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
+/// Go's `strconv.ParseInt(s, 10, _)`: an optional sign then ASCII digits. Defined beside the
+/// schedule parser, which needs it too, in the pure crate.
+pub use headroom_policy::schedule::parse_int;
 
 /// Go's `strconv.ParseBool`.
 pub fn parse_bool(s: &str) -> Option<bool> {

@@ -130,7 +130,7 @@ impl Trigger {
         // The source owns the per-replica target (tasksPerReplica, listLength, ...): planned
         // mode uses it as its fallback when no service time is known.
         let metric = match (&source, planned) {
-            (Some(source), true) => PlannedConfig::parse(&mut r, Some(source.target()))
+            (Some(source), true) => planner::parse(&mut r, Some(source.target()))
                 .map(|c| MetricMode::Replicas(Box::new(c))),
             _ => Some(MetricMode::Depth),
         };

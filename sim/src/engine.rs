@@ -10,10 +10,10 @@
 
 use std::collections::VecDeque;
 
-use headroom_scaler::estimate::Observation;
-use headroom_scaler::planner::{ForecastMode, PlannedConfig, Planner};
-use headroom_scaler::policy::PolicyConfig;
-use headroom_scaler::schedule::{Schedule, instant};
+use headroom_policy::estimate::Observation;
+use headroom_policy::planner::{ForecastMode, PlannedConfig, Planner};
+use headroom_policy::policy::PolicyConfig;
+use headroom_policy::schedule::{Schedule, instant};
 
 use crate::cluster::{Cluster, ClusterConfig, Hpa, Keda};
 use crate::prewarm::{Prewarm, PrewarmSettings, PrewarmStats};

@@ -6,7 +6,7 @@
 //! each scenario as it is simulated (scaled to job counts, since the forecaster's "under one
 //! task per bin is empty" rule depends on the count).
 
-use headroom_scaler::forecast::{ForecastConfig, Forecaster};
+use headroom_policy::forecast::{ForecastConfig, Forecaster};
 
 use crate::engine::Scenario;
 use crate::tune;

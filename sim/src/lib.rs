@@ -1,5 +1,6 @@
 //! headroom-sim: a trace-driven simulator that runs the scaler's planned-mode code (policy,
-//! schedule, estimator, forecast — the `headroom-scaler` crate itself, no copies) on a virtual
+//! schedule, estimator, forecast) and the provisioner's `plan()` — the `headroom-policy` crate
+//! both programs run, no copies, and none of their I/O dependencies — on a virtual
 //! clock against a model of KEDA, the HPA, pods and GPU nodes, side by side with the policies
 //! teams use today and an oracle.
 //!

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use headroom_scaler::forecast::{BacktestReport, DEFAULT_BIN_SECONDS, backtest};
-use headroom_scaler::schedule::Schedule;
+use headroom_policy::forecast::{BacktestReport, DEFAULT_BIN_SECONDS, backtest};
+use headroom_policy::schedule::Schedule;
 use headroom_sim::cluster::ClusterConfig;
 use headroom_sim::engine::{PolicyKind, Scenario};
 use headroom_sim::prewarm::PrewarmSettings;
@@ -238,7 +238,7 @@ fn load(input: &TraceArgs) -> Result<Option<Trace>, String> {
 }
 
 fn print_backtest(name: &str, r: &BacktestReport) {
-    let f = |s: &headroom_scaler::forecast::Score| {
+    let f = |s: &headroom_policy::forecast::Score| {
         format!(
             "MAPE {:>6.1}%  WAPE {:>6.1}%  under {:>5.1}%",
             s.mape * 100.0,

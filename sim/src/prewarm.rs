@@ -1,4 +1,4 @@
-//! The provisioner in the simulator: `headroom_provisioner::plan::plan()` itself — the function
+//! The provisioner in the simulator: `headroom_policy::plan::plan()` itself — the function
 //! the controller calls — fed from the scaler's `Planner` (the Demand service's answer) and the
 //! cluster model's nodes, acting on them as the Karpenter provider would (create NodeClaims,
 //! hold them, delete idle ones after `scaleDownAfter`).
@@ -12,10 +12,10 @@
 //! - the node type is the cluster's GPU node at the on-demand price; one pod takes one GPU;
 //! - the plan runs every `reconcile_seconds` (the controller's `--resync-interval`).
 
-use headroom_provisioner::plan::{
+use headroom_policy::plan::{
     self, Limits, Millis, NodeType, OwnedNode, PlanError, PlanInput, PodShape, Want,
 };
-use headroom_scaler::planner::Planner;
+use headroom_policy::planner::Planner;
 
 use crate::cluster::Cluster;
 

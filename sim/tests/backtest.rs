@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use headroom_scaler::forecast::backtest;
+use headroom_policy::forecast::backtest;
 use headroom_sim::scenarios::backtest_traces;
 
 #[test]

@@ -50,24 +50,53 @@ use chrono_tz::Tz;
 /// Longest accepted window.
 pub const MAX_DURATION_SECS: i64 = 31 * 86_400;
 
+/// Windows in one `schedule` (the scaler's bound, `headroom_scaler::bounds`): each start is
+/// checked over a 28-year cycle at parse time, so the count bounds the parser's work.
+pub const MAX_WINDOWS: usize = 32;
+
 /// Why a `schedule` or `timezone` value is refused. Each variant names its key and, for a
 /// window, its position (1-based) and text, so the trigger parser can answer `INVALID_ARGUMENT`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScheduleError {
-    #[error("key `timezone`: {value:?} is not an IANA time zone name (e.g. `Europe/Berlin`)")]
-    UnknownTimezone { value: String },
-    #[error("key `schedule`: no window (expected `<cron> for <duration> = <replicas>`)")]
+    UnknownTimezone {
+        value: String,
+    },
     Empty,
-    #[error("key `schedule`, window {index} {window:?}: {reason}")]
     Window {
         /// 1-based position in the `;`-separated list.
         index: usize,
         window: String,
         reason: String,
     },
-    #[error("key `schedule`: {count} windows; at most {max} (the scaler's bound)", max = crate::bounds::MAX_SCHEDULE_WINDOWS)]
-    TooManyWindows { count: usize },
+    TooManyWindows {
+        count: usize,
+    },
 }
+
+impl fmt::Display for ScheduleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScheduleError::UnknownTimezone { value } => write!(
+                f,
+                "key `timezone`: {value:?} is not an IANA time zone name (e.g. `Europe/Berlin`)"
+            ),
+            ScheduleError::Empty => f.write_str(
+                "key `schedule`: no window (expected `<cron> for <duration> = <replicas>`)",
+            ),
+            ScheduleError::Window {
+                index,
+                window,
+                reason,
+            } => write!(f, "key `schedule`, window {index} {window:?}: {reason}"),
+            ScheduleError::TooManyWindows { count } => write!(
+                f,
+                "key `schedule`: {count} windows; at most {MAX_WINDOWS} (the scaler's bound)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ScheduleError {}
 
 impl ScheduleError {
     /// The metadata key at fault.
@@ -80,7 +109,7 @@ impl ScheduleError {
         }
     }
 
-    /// What was expected, for [`crate::metadata::Problem::Invalid`].
+    /// What was expected, for the scaler's `metadata::Problem::Invalid`.
     pub fn expected(&self) -> String {
         match self {
             ScheduleError::UnknownTimezone { .. } => "an IANA time zone name".into(),
@@ -88,10 +117,9 @@ impl ScheduleError {
             ScheduleError::Window { index, reason, .. } => {
                 format!("valid (window {index}: {reason})")
             }
-            ScheduleError::TooManyWindows { count } => format!(
-                "at most {} windows, not {count}",
-                crate::bounds::MAX_SCHEDULE_WINDOWS
-            ),
+            ScheduleError::TooManyWindows { count } => {
+                format!("at most {MAX_WINDOWS} windows, not {count}")
+            }
         }
     }
 }
@@ -170,12 +198,22 @@ const FIELDS: [FieldSpec; 5] = [
     },
 ];
 
+/// Go's `strconv.ParseInt(s, 10, _)`: an optional sign then ASCII digits (how KEDA reads an
+/// integer; the scaler's metadata reader uses this one too).
+pub fn parse_int<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 fn parse_value(s: &str, spec: &FieldSpec) -> Result<u32, String> {
     let lower = s.to_ascii_lowercase();
     if let Some(i) = spec.names.iter().position(|n| *n == lower) {
         return Ok(i as u32 + spec.names_from);
     }
-    let v: u32 = crate::metadata::parse_int(s)
+    let v: u32 = parse_int(s)
         .filter(|_| !s.starts_with(['+', '-']))
         .ok_or_else(|| format!("{} field: {s:?} is not a number or name", spec.name))?;
     if v < spec.min || v > spec.max {
@@ -203,7 +241,7 @@ fn parse_field(field: &str, spec: &FieldSpec) -> Result<(u64, bool), String> {
         }
         let (range, step) = match item.split_once('/') {
             Some((r, s)) => {
-                let step: u32 = crate::metadata::parse_int(s)
+                let step: u32 = parse_int(s)
                     .filter(|n: &u32| *n > 0 && !s.starts_with(['+', '-']))
                     .ok_or_else(|| {
                         format!("{} field: step {s:?} is not a positive integer", spec.name)
@@ -445,7 +483,7 @@ fn parse_window(text: &str) -> Result<Window, String> {
         .rsplit_once('=')
         .ok_or("expected `<cron> for <duration> = <replicas>`: no `=`")?;
     let replicas = replicas.trim();
-    let replicas: u32 = crate::metadata::parse_int::<i64>(replicas)
+    let replicas: u32 = parse_int::<i64>(replicas)
         .ok_or_else(|| format!("replicas {replicas:?} is not an integer"))
         .and_then(|n| {
             if n < 1 {
@@ -521,7 +559,7 @@ impl Schedule {
                 .map_err(|_| ScheduleError::UnknownTimezone { value: name.into() })?,
         };
         let count = schedule.split(';').filter(|w| !w.trim().is_empty()).count();
-        if count > crate::bounds::MAX_SCHEDULE_WINDOWS {
+        if count > MAX_WINDOWS {
             return Err(ScheduleError::TooManyWindows { count });
         }
         let mut windows = Vec::new();

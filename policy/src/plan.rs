@@ -245,11 +245,8 @@ pub struct Plan {
 }
 
 /// Why no plan can be made: the controller reports it as a condition and creates nothing.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PlanError {
-    #[error(
-        "a pod requesting {gpus} GPU(s), {cpu} CPU and {memory} bytes does not fit the node type ({node_gpus} GPU(s), {node_cpu} CPU, {node_memory} bytes)"
-    )]
     PodDoesNotFit {
         gpus: u32,
         cpu: f64,
@@ -259,6 +256,26 @@ pub enum PlanError {
         node_memory: f64,
     },
 }
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanError::PodDoesNotFit {
+                gpus,
+                cpu,
+                memory,
+                node_gpus,
+                node_cpu,
+                node_memory,
+            } => write!(
+                f,
+                "a pod requesting {gpus} GPU(s), {cpu} CPU and {memory} bytes does not fit the node type ({node_gpus} GPU(s), {node_cpu} CPU, {node_memory} bytes)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
 
 /// What the controller knows beyond [`PlanInput`]; [`Extra::default`] is what [`plan`] assumes
 /// (and the simulator, which calls it, needs nothing more).
