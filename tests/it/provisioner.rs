@@ -1663,7 +1663,7 @@ async fn a_deleted_policy_waits_for_its_busy_node_cordoned_and_removes_the_idle_
         .collect();
     assert_eq!(
         left,
-        [busy_claim.clone()],
+        std::slice::from_ref(&busy_claim),
         "the idle NodeClaim goes at once"
     );
     let nodes: Api<Node> = Api::all(client.clone());
@@ -1685,7 +1685,7 @@ async fn a_deleted_policy_waits_for_its_busy_node_cordoned_and_removes_the_idle_
             let client = client.clone();
             let ns = ns.clone();
             async move {
-                let gone = matches!(policies.get_opt("gpu").await?, None);
+                let gone = policies.get_opt("gpu").await?.is_none();
                 let claims = claims_of(&client, &ns, "gpu").await;
                 anyhow::ensure!(
                     gone && claims.is_empty(),
