@@ -10,6 +10,7 @@
 //! - [`schedule`]: declared demand windows (`schedule`, `timezone`);
 //! - [`policy`]: replicas from demand, forecast and schedule;
 //! - [`planner`]: one queue's planned mode, joining the four above;
+//! - [`keepalive`]: learned keep-alive (`scaleDownAfter: auto`) from a policy's idle gaps;
 //! - [`plan`]: the provisioner's planner — forecast, pod shape, capacity and limits in,
 //!   capacity wanted out.
 //!
@@ -19,6 +20,7 @@
 
 pub mod estimate;
 pub mod forecast;
+pub mod keepalive;
 pub mod plan;
 pub mod planner;
 pub mod policy;
