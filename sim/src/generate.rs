@@ -167,6 +167,29 @@ pub fn poisson_spikes(seed: u64) -> Trace {
     }
 }
 
+/// A sparse GPU worker: 7 days of single jobs, one every 5 to 30 minutes (uniform gaps), day
+/// and night alike. 60 s bins. Each job's node would start cold after every gap longer than
+/// the keep-alive: what `scaleDownAfter: auto` (issue 11) is for, and KEDA #7327's case.
+pub fn sparse(seed: u64) -> Trace {
+    let mut rng = Rng::new(seed ^ 0x5BA5);
+    let bin = 60.0;
+    let n = 7 * 1440;
+    let start = MONDAY + 86_400.0 * 28.0;
+    let mut arrivals = vec![0.0; n];
+    let mut t = rng.uniform(300.0, 1800.0);
+    while t < n as f64 * bin {
+        arrivals[(t / bin) as usize] += 1.0;
+        t += rng.uniform(300.0, 1800.0);
+    }
+    Trace {
+        name: "sparse".into(),
+        start,
+        bin,
+        arrivals,
+        service: None,
+    }
+}
+
 /// Every shipped synthetic trace, by file stem.
 pub fn all(seed: u64) -> Vec<Trace> {
     vec![
@@ -174,5 +197,6 @@ pub fn all(seed: u64) -> Vec<Trace> {
         flash_sale(seed),
         image_gen(seed),
         poisson_spikes(seed),
+        sparse(seed),
     ]
 }

@@ -159,6 +159,11 @@ struct RunArgs {
     /// provisioner created goes after this long unneeded).
     #[arg(long, default_value_t = 600.0)]
     scale_down_after: f64,
+    /// `headroom+prewarm`: `fixed` keeps idle capacity `--scale-down-after`; `auto` is
+    /// `scaleDownAfter: auto`, the keep-alive learned from idle gaps (`--scale-down-after` its
+    /// fallback while it has too few).
+    #[arg(long, value_enum, default_value_t = KeepAliveArg::Fixed)]
+    keep_alive: KeepAliveArg,
     /// `headroom+prewarm`: `minWarmGpus`, idle GPUs kept on top of the forecast.
     #[arg(long, default_value_t = 0)]
     min_warm_gpus: u32,
@@ -183,6 +188,12 @@ struct RunArgs {
     /// Where the CSV and SVG files go.
     #[arg(long, default_value = "target/headroom-sim")]
     out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KeepAliveArg {
+    Fixed,
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -447,6 +458,7 @@ fn cluster_config(a: &RunArgs) -> Result<ClusterConfig, Vec<String>> {
 fn prewarm_settings(a: &RunArgs) -> PrewarmSettings {
     PrewarmSettings {
         scale_down_after_seconds: a.scale_down_after,
+        keep_alive_auto: a.keep_alive == KeepAliveArg::Auto,
         min_warm_gpus: a.min_warm_gpus,
         max_nodes: a.max_nodes,
         max_gpus: a.max_gpus,

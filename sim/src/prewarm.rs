@@ -12,6 +12,7 @@
 //! - the node type is the cluster's GPU node at the on-demand price; one pod takes one GPU;
 //! - the plan runs every `reconcile_seconds` (the controller's `--resync-interval`).
 
+use headroom_policy::keepalive::{Basis, IdleGaps};
 use headroom_policy::plan::{
     self, Limits, Millis, NodeType, OwnedNode, PlanError, PlanInput, PodShape, Want,
 };
@@ -22,8 +23,11 @@ use crate::cluster::Cluster;
 /// A PrewarmPolicy's knobs (the CRD's fields), as the simulator's flags give them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PrewarmSettings {
-    /// `scaleDownAfter`, seconds (CRD default `10m`).
+    /// `scaleDownAfter`, seconds (CRD default `10m`); with `keep_alive_auto`, the fallback.
     pub scale_down_after_seconds: f64,
+    /// `scaleDownAfter: auto`: the learned keep-alive (`headroom_policy::keepalive`), with
+    /// `scale_down_after_seconds` as its fallback, exactly as the controller runs it.
+    pub keep_alive_auto: bool,
     /// `minWarmGpus` (CRD default 0).
     pub min_warm_gpus: u32,
     /// `limits.maxNodes`; `None`: as many as `maxReplicas` pods need.
@@ -43,6 +47,7 @@ impl Default for PrewarmSettings {
     fn default() -> Self {
         Self {
             scale_down_after_seconds: 600.0,
+            keep_alive_auto: false,
             min_warm_gpus: 0,
             max_nodes: None,
             max_gpus: None,
@@ -65,6 +70,10 @@ pub struct PrewarmStats {
     pub max_owned: u32,
     /// Plans that failed (a pod no node holds): nothing is created, as in the controller.
     pub plan_errors: u64,
+    /// With `keep_alive_auto`: plans whose keep-alive was learned (the rest used the fallback),
+    /// and plans that carried a pre-warm.
+    pub keep_alive_learned: u64,
+    pub prewarms: u64,
 }
 
 /// The provisioner's reconcile loop, on the virtual clock.
@@ -74,6 +83,8 @@ pub struct Prewarm {
     lead_seconds: f64,
     max_replicas: u32,
     next_at: f64,
+    /// The idle gaps `keep_alive_auto` learns from.
+    gaps: IdleGaps,
     pub stats: PrewarmStats,
 }
 
@@ -90,6 +101,7 @@ impl Prewarm {
             lead_seconds,
             max_replicas,
             next_at: f64::NEG_INFINITY,
+            gaps: IdleGaps::default(),
             stats: PrewarmStats::default(),
         }
     }
@@ -134,7 +146,7 @@ impl Prewarm {
                 .unwrap_or(default_nodes * gpus_per_node),
             max_hourly_cost: self.settings.max_hourly_cost,
         };
-        let forecast: Vec<Want> = planner
+        let mut forecast: Vec<Want> = planner
             .forecast(now, self.lead_seconds, 60.0)
             .into_iter()
             .map(|(at, replicas)| Want {
@@ -152,9 +164,22 @@ impl Prewarm {
                 last_needed: ms(n.last_needed),
             })
             .collect();
+        let desired_now = planner.desired_now(now);
+        let mut scale_down_after = ms(self.settings.scale_down_after_seconds);
+        if self.settings.keep_alive_auto {
+            self.gaps.observe(ms(now), desired_now);
+            let k = self.gaps.decide(scale_down_after, ms(self.lead_seconds));
+            let (after, prewarm) = k.apply(&self.gaps, ms(now));
+            scale_down_after = after;
+            self.stats.keep_alive_learned += u64::from(k.basis == Basis::Learned);
+            if let Some(w) = prewarm {
+                self.stats.prewarms += 1;
+                forecast.push(w);
+            }
+        }
         let p = plan::plan(&PlanInput {
             now: ms(now),
-            desired_now: planner.desired_now(now),
+            desired_now,
             forecast: &forecast,
             lead_time: ms(self.lead_seconds),
             shape,
@@ -163,7 +188,7 @@ impl Prewarm {
             owned: &owned,
             limits,
             min_warm_gpus: self.settings.min_warm_gpus,
-            scale_down_after: ms(self.settings.scale_down_after_seconds),
+            scale_down_after,
         })?;
         let ids = |v: &[String]| -> Vec<u64> { v.iter().filter_map(|s| s.parse().ok()).collect() };
         cluster.hold(&ids(&p.needed), now);

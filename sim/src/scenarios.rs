@@ -48,7 +48,7 @@ fn scenario(name: &str, trace: Trace, service: f64, concurrency: u32, max: u32) 
     }
 }
 
-/// The four shipped synthetic traces.
+/// The five shipped synthetic traces.
 pub fn synthetic() -> Result<Vec<Scenario>, TraceError> {
     let dir = traces_dir();
     let mut out = Vec::new();
@@ -92,6 +92,15 @@ pub fn synthetic() -> Result<Vec<Scenario>, TraceError> {
         8.0,
         2,
         60,
+    ));
+
+    // One 60 s job at a time, gaps of 5-30 min: a single GPU worker, cold after each gap.
+    out.push(scenario(
+        "sparse",
+        read(&dir.join("sparse.csv"), Format::Counts)?,
+        60.0,
+        1,
+        4,
     ));
     Ok(out)
 }

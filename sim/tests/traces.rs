@@ -20,7 +20,7 @@ fn shipped_traces_match_their_generator() {
 
 #[test]
 fn generated_traces_have_the_declared_shapes() {
-    let [business, flash, image, poisson] = <[_; 4]>::try_from(all(SEED)).unwrap();
+    let [business, flash, image, poisson, sparse] = <[_; 5]>::try_from(all(SEED)).unwrap();
     // Business hours: weekday lunch (10:30 UTC = 12:30 Berlin) far above 03:00, weekends low.
     let at = |t: &headroom_sim::trace::Trace, day: f64, hour: f64| {
         t.rate_at(t.start + day * 86_400.0 + hour * 3600.0)
@@ -36,4 +36,11 @@ fn generated_traces_have_the_declared_shapes() {
     let max = poisson.arrivals.iter().copied().fold(0.0, f64::max);
     let mean = poisson.total() / poisson.arrivals.len() as f64;
     assert!(max > 5.0 * mean, "{max} {mean}");
+    // Sparse: single jobs, 5 to 30 minutes apart (no two in one 60 s bin).
+    assert!(sparse.arrivals.iter().all(|&a| a <= 1.0));
+    let at: Vec<usize> = (0..sparse.arrivals.len())
+        .filter(|&i| sparse.arrivals[i] > 0.0)
+        .collect();
+    assert!(at.windows(2).all(|w| (4..=30).contains(&(w[1] - w[0]))), "gaps in minutes");
+    assert!(at.len() > 500 && at.len() < 1000, "{} jobs", at.len());
 }
