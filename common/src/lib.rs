@@ -43,6 +43,31 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     seconds(total)
 }
 
+/// Writes a duration as [`parse_duration`] reads it, to the second: `33m`, `1h0m5s`, `0s`
+/// (under a second: `250ms`).
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return if d.subsec_millis() > 0 {
+            format!("{}ms", d.subsec_millis())
+        } else {
+            "0s".into()
+        };
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out += &format!("{h}h");
+    }
+    if m > 0 || (h > 0 && s > 0) {
+        out += &format!("{m}m");
+    }
+    if s > 0 {
+        out += &format!("{s}s");
+    }
+    out
+}
+
 fn seconds(secs: f64) -> Option<Duration> {
     if secs.is_finite() && secs >= 0.0 {
         Duration::try_from_secs_f64(secs).ok()
@@ -155,6 +180,20 @@ pub fn install_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_written_as_they_are_read() {
+        let f = |secs| format_duration(Duration::from_secs(secs));
+        assert_eq!(f(0), "0s");
+        assert_eq!(f(1980), "33m");
+        assert_eq!(f(3605), "1h0m5s");
+        assert_eq!(f(7200), "2h");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        for secs in [0, 1, 59, 60, 61, 3599, 3600, 3661, 86_400, 90_061] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(parse_duration(&format_duration(d)), Some(d), "{secs}");
+        }
+    }
 
     #[test]
     fn durations_parse_in_the_forms_operators_write() {

@@ -31,7 +31,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Boundaries;
-use crate::crd::{CapacityMode, Condition, ForecastStatus, PrewarmPolicy, PrewarmPolicyStatus};
+use crate::crd::{
+    AUTO_FALLBACK, CapacityMode, Condition, ForecastStatus, KeepAliveStatus, PrewarmPolicy,
+    PrewarmPolicyStatus, ScaleDown,
+};
 use crate::demand::{DemandStreams, Latest, PolicyKey, Watch};
 use crate::karpenter::POLICY_LABEL;
 use crate::launches::{self, Launches};
@@ -422,6 +425,8 @@ struct Report {
     image_warm: Option<crate::crd::ImageWarmStatus>,
     /// The mode whose capacity the policy holds, when this pass knows it.
     capacity_mode: Option<CapacityMode>,
+    /// The learned keep-alive, with `scaleDownAfter: auto`.
+    keep_alive: Option<KeepAliveStatus>,
 }
 
 async fn apply(policy: &PrewarmPolicy, ctx: &Context) -> Result<Action, Error> {
@@ -772,7 +777,11 @@ async fn observe_and_act(
     }
     // Held units get their last-needed mark refreshed only now and then, so the writes do not
     // wake us in a loop.
-    let refresh = (scale_down / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let fixed_scale_down = match scale_down {
+        ScaleDown::After(d) => d,
+        ScaleDown::Auto => AUTO_FALLBACK,
+    };
+    let refresh = (fixed_scale_down / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     report.units = units.clone();
     let (mut owned, placed_elsewhere) =
         occupancy(ctx, &ns, &selector, &units, built.units_are_nodes);
@@ -854,7 +863,7 @@ async fn observe_and_act(
             "every trigger was read",
         ),
     }
-    let forecast: Vec<Want> = answer
+    let mut forecast: Vec<Want> = answer
         .forecast
         .iter()
         .map(|p| Want {
@@ -868,6 +877,30 @@ async fn observe_and_act(
         max_hourly_cost: spec.limits.max_hourly_cost,
     };
     let lead_ms = millis_of(lead);
+    // `scaleDownAfter: auto`: the keep-alive learned from the idle gaps kept in the status. A
+    // reading with an unreadable trigger is not a zero: it is left out of the gaps.
+    let mut scale_down_ms = millis_of(fixed_scale_down);
+    let mut scale_down_text = spec.scale_down_after.clone();
+    if scale_down == ScaleDown::Auto {
+        let mut gaps = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.keep_alive.as_ref())
+            .map(KeepAliveStatus::gaps)
+            .unwrap_or_default();
+        if unreadable.is_none() {
+            gaps.observe(now, answer.desired_replicas);
+        }
+        let decision = gaps.decide(millis_of(AUTO_FALLBACK), lead_ms);
+        let (after, prewarm) = decision.apply(&gaps, now);
+        scale_down_ms = after;
+        if let Some(w) = prewarm {
+            forecast.push(w);
+        }
+        let status = KeepAliveStatus::new(&gaps, &decision);
+        scale_down_text = format!("{} (auto, {})", status.keep_for, status.basis);
+        report.keep_alive = Some(status);
+    }
     let mut extra = plan::Extra {
         hold_all: unreadable.is_some(),
         owned_costs,
@@ -887,7 +920,7 @@ async fn observe_and_act(
         owned: &owned,
         limits,
         min_warm_gpus: spec.min_warm_gpus,
-        scale_down_after: millis_of(scale_down),
+        scale_down_after: scale_down_ms,
     };
     // Planned under the tally's lock, and its share recorded before the lock is let go: what
     // the plan creates is reserved against the caps before any other policy plans.
@@ -1093,7 +1126,7 @@ async fn observe_and_act(
                 format!(
                     "removed {} idle node(s), unneeded for {}: {}",
                     remove.len(),
-                    spec.scale_down_after,
+                    scale_down_text,
                     remove.join(", ")
                 ),
             )
@@ -1737,6 +1770,13 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
         observed_time_to_capacity_seconds: ttc,
         image_warm: report.image_warm.clone().or(old.image_warm),
         capacity_mode: report.capacity_mode.or(old.capacity_mode),
+        // Kept while the policy is on `auto` (a pass that did not reach the plan keeps the last
+        // state), dropped once it is not.
+        keep_alive: if spec_is_auto(policy) {
+            report.keep_alive.clone().or(old.keep_alive)
+        } else {
+            None
+        },
         conditions,
     };
     if let Some(mut g) = report.gauges {
@@ -1763,6 +1803,10 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
     )
     .await?;
     Ok(())
+}
+
+fn spec_is_auto(policy: &PrewarmPolicy) -> bool {
+    policy.spec.scale_down_after == "auto"
 }
 
 /// What the warm pass found.

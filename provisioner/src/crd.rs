@@ -65,12 +65,17 @@ pub struct PrewarmPolicySpec {
     #[serde(default)]
     pub min_warm_gpus: u32,
     /// How long capacity must have gone unneeded before it is removed, e.g. `10m`. Idle capacity
-    /// only: capacity running pods is never removed. Default `10m`, at most `24h`.
+    /// only: capacity running pods is never removed. Default `10m`, at most `24h`. `auto` learns
+    /// it from the policy's own idle gaps (the time from demand falling to zero to the next
+    /// burst): idle capacity stays for the gaps' 99th percentile, and where even their 5th
+    /// percentile is long (at least twice `leadTime`) it goes at once and is prepared again a
+    /// lead time before that point; `10m` while fewer than 10 gaps are known or they follow no
+    /// pattern (`status.keepAlive` says which).
     #[serde(default = "default_scale_down_after")]
     #[schemars(
-        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"),
+        regex(pattern = r"^(auto|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"),
         length(max = 32),
-        extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('24h')", "message": "must be at most 24h"}])
+        extend("x-kubernetes-validations" = [{"rule": "self == 'auto' || duration(self) <= duration('24h')", "message": "must be auto or at most 24h"}])
     )]
     pub scale_down_after: String,
 }
@@ -84,13 +89,24 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecDurations {
     pub lead_time: Duration,
-    pub scale_down_after: Duration,
+    pub scale_down_after: ScaleDown,
 }
+
+/// `scaleDownAfter`: fixed, or learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleDown {
+    After(Duration),
+    /// `auto`: `headroom_policy::keepalive`, with [`AUTO_FALLBACK`] while it knows too little.
+    Auto,
+}
+
+/// What `scaleDownAfter: auto` uses until the idle gaps say more: the default `10m`.
+pub const AUTO_FALLBACK: Duration = Duration::from_secs(600);
 
 /// Why a policy's spec cannot be planned for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("spec.{field} {value:?} is not a duration like 3m or 1h30m")]
+    #[error("spec.{field} {value:?} is not a duration like 3m or 1h30m{}", if *field == "scaleDownAfter" { " (or auto)" } else { "" })]
     NotADuration { field: &'static str, value: String },
     #[error("spec.{field} {value:?} is longer than the maximum of 24h")]
     TooLong { field: &'static str, value: String },
@@ -116,7 +132,11 @@ impl PrewarmPolicySpec {
         };
         Ok(SpecDurations {
             lead_time: parse("leadTime", &self.lead_time)?,
-            scale_down_after: parse("scaleDownAfter", &self.scale_down_after)?,
+            scale_down_after: if self.scale_down_after == "auto" {
+                ScaleDown::Auto
+            } else {
+                ScaleDown::After(parse("scaleDownAfter", &self.scale_down_after)?)
+            },
         })
     }
 }
@@ -303,10 +323,93 @@ pub struct PrewarmPolicyStatus {
     /// and removed once empty); only then does the new mode create anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_mode: Option<CapacityMode>,
+    /// With `scaleDownAfter: auto`: the keep-alive in force and the idle gaps it was learned
+    /// from (kept here, so a restart or a new leader goes on from them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<KeepAliveStatus>,
     /// `Ready`, `LimitReached`, `DemandAvailable`, `ShapeResolved`, `ImageWarm`,
     /// `CapacityFailing`, `Allowed`, `Deleting`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The learned keep-alive (`scaleDownAfter: auto`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepAliveStatus {
+    /// How long idle capacity stays after demand falls to zero, e.g. `33m`.
+    #[serde(default)]
+    pub keep_for: String,
+    /// When set: idle capacity goes as soon as demand falls to zero and is prepared again to
+    /// be ready this long after it did (until `keepFor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prewarm_after: Option<String>,
+    /// `Learned`, or why the 10m fallback: `FewSamples` (under 10 gaps), `BeyondRange` (most
+    /// gaps over 4 h), `TooSpread` (no pattern).
+    #[serde(default)]
+    pub basis: String,
+    /// Idle gaps it rests on.
+    #[serde(default)]
+    pub samples: u64,
+    /// The idle gaps: `[minute, count]` pairs (gaps of 0-1 min in minute 0, …, up to 4 h).
+    #[serde(default)]
+    #[schemars(length(max = 240))]
+    pub gaps: Vec<[u32; 2]>,
+    /// Gaps longer than 4 h.
+    #[serde(default)]
+    pub gaps_beyond_range: u32,
+    /// When demand last fell to zero (Unix ms), while it is zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since_unix_ms: Option<i64>,
+    /// When the current burst began (Unix ms), while demand is above zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_since_unix_ms: Option<i64>,
+    /// Replicas the last burst wanted in its first minute: what a pre-warm prepares.
+    #[serde(default)]
+    pub onset_replicas: u32,
+}
+
+impl KeepAliveStatus {
+    /// The learned state, repaired and bounded whatever the status held.
+    pub fn gaps(&self) -> headroom_policy::keepalive::IdleGaps {
+        headroom_policy::keepalive::IdleGaps {
+            bins: self
+                .gaps
+                .iter()
+                .take(headroom_policy::keepalive::BINS * 4)
+                .filter_map(|&[b, c]| Some((u16::try_from(b).ok()?, c)))
+                .collect(),
+            beyond_range: self.gaps_beyond_range,
+            idle_since: self.idle_since_unix_ms,
+            busy_since: self.busy_since_unix_ms,
+            onset_replicas: self.onset_replicas,
+        }
+        .sanitised()
+    }
+
+    pub fn new(
+        gaps: &headroom_policy::keepalive::IdleGaps,
+        decision: &headroom_policy::keepalive::KeepAlive,
+    ) -> Self {
+        let dur = |ms: i64| {
+            headroom_common::format_duration(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        };
+        Self {
+            keep_for: dur(decision.keep_for),
+            prewarm_after: (decision.prewarm_after > 0).then(|| dur(decision.prewarm_after)),
+            basis: decision.basis.as_str().into(),
+            samples: decision.samples,
+            gaps: gaps
+                .bins
+                .iter()
+                .map(|&(b, c)| [u32::from(b), c])
+                .collect(),
+            gaps_beyond_range: gaps.beyond_range,
+            idle_since_unix_ms: gaps.idle_since,
+            busy_since_unix_ms: gaps.busy_since,
+            onset_replicas: gaps.onset_replicas,
+        }
+    }
 }
 
 /// Units by image-warm state.
@@ -409,7 +512,11 @@ mod tests {
         }
         let d = spec_with("24h", "0s").durations().unwrap();
         assert_eq!(d.lead_time, MAX_DURATION);
-        assert_eq!(d.scale_down_after, Duration::ZERO);
+        assert_eq!(d.scale_down_after, ScaleDown::After(Duration::ZERO));
+        let auto = spec_with("3m", "auto").durations().unwrap();
+        assert_eq!(auto.scale_down_after, ScaleDown::Auto);
+        let e = spec_with("3m", "automatic").durations().unwrap_err();
+        assert!(e.to_string().contains("(or auto)"), "{e}");
         // What the controller does with the largest allowed lead time does not overflow.
         assert!(d.lead_time.checked_mul(2).is_some());
         assert!(i64::try_from(d.lead_time.as_millis()).is_ok());
@@ -421,7 +528,13 @@ mod tests {
         assert_eq!(
             yaml.matches("rule: duration(self) <= duration('24h')")
                 .count(),
-            2,
+            1,
+            "{yaml}"
+        );
+        assert_eq!(
+            yaml.matches("rule: self == 'auto' || duration(self) <= duration('24h')")
+                .count(),
+            1,
             "{yaml}"
         );
         assert_eq!(yaml.matches("maxLength: 32").count(), 2);

@@ -1699,3 +1699,107 @@ async fn a_deleted_policy_waits_for_its_busy_node_cordoned_and_removes_the_idle_
     .await
     .unwrap();
 }
+
+/// `scaleDownAfter: auto` on the real API server: the CRD's rule admits `auto` and refuses a
+/// typo, and the learned state lives in the status — a burst, the idle time after it and the
+/// next burst become one recorded gap, with the 10m fallback while the gaps are few.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_after_auto_learns_idle_gaps_into_the_status() {
+    let cluster = cluster();
+    let Bed {
+        client,
+        ns,
+        pool,
+        redis,
+        scaler,
+        scaler_addr,
+        _keda,
+    } = bed(cluster, "pwp-auto").await;
+    let spec = |name: &str, after: &str| {
+        policy(
+            &ns,
+            name,
+            "worker",
+            &pool,
+            &scaler_addr,
+            "  limits: {maxNodes: 4, maxGpus: 4}\n",
+        )
+        .replace("scaleDownAfter: 8s", &format!("scaleDownAfter: {after}"))
+    };
+    let refused = cluster.apply(&spec("typo", "automatic")).unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("scaleDownAfter"),
+        "{refused:#}"
+    );
+    cluster.apply(&spec("gpu", "auto")).unwrap();
+    let running = provisioner(&client, &ns, "auto", true).await;
+    let api: Api<PrewarmPolicy> = Api::namespaced(client.clone(), &ns);
+    let keep_alive = |api: Api<PrewarmPolicy>| async move {
+        let p = api.get("gpu").await?;
+        p.status
+            .and_then(|s| s.keep_alive)
+            .ok_or_else(|| anyhow::anyhow!("no status.keepAlive yet"))
+    };
+
+    push_jobs(&redis, 4).await;
+    let busy = wait_until(WAIT, "a burst seen", || {
+        let api = api.clone();
+        async move {
+            let k = keep_alive(api).await?;
+            anyhow::ensure!(k.busy_since_unix_ms.is_some(), "{k:?}");
+            Ok(Some(k))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((busy.basis.as_str(), busy.keep_for.as_str()), ("FewSamples", "10m"));
+    assert!(busy.onset_replicas > 0, "{busy:?}");
+
+    clear_jobs(&redis).await;
+    wait_until(Duration::from_secs(60), "demand at zero", || {
+        let api = api.clone();
+        async move {
+            let k = keep_alive(api).await?;
+            anyhow::ensure!(k.idle_since_unix_ms.is_some(), "{k:?}");
+            Ok(Some(()))
+        }
+    })
+    .await
+    .unwrap();
+
+    push_jobs(&redis, 2).await;
+    let again = wait_until(WAIT, "the gap recorded", || {
+        let api = api.clone();
+        async move {
+            let k = keep_alive(api).await?;
+            anyhow::ensure!(k.samples == 1 && k.busy_since_unix_ms.is_some(), "{k:?}");
+            Ok(Some(k))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.gaps, vec![[0, 1]], "a gap under a minute: {again:?}");
+    assert_eq!(again.idle_since_unix_ms, None);
+
+    // Back to a fixed duration: the learned state goes with `auto`.
+    api.patch(
+        "gpu",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"scaleDownAfter": "10m"}})),
+    )
+    .await
+    .unwrap();
+    wait_until(WAIT, "keepAlive dropped", || {
+        let api = api.clone();
+        async move {
+            let p = api.get("gpu").await?;
+            anyhow::ensure!(p.status.and_then(|s| s.keep_alive).is_none());
+            Ok(Some(()))
+        }
+    })
+    .await
+    .unwrap();
+    running.shutdown();
+    running.wait().await.unwrap();
+    scaler.shutdown();
+}

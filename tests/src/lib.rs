@@ -9,6 +9,8 @@
 //!   EC2 behind a fault-injecting proxy (spot capacity errors, throttling).
 //! - [`start_scaler`]: the scaler's own server in this process, on a real TCP port, and a client
 //!   built from KEDA's proto.
+//! - [`fault::FaultProxy`]: a TCP proxy that injects latency, stalls, half-open connections,
+//!   resets and slow bandwidth between the scaler and a backend.
 //! - [`kube`]: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager,
 //!   scheduler, kwok fake nodes) and optionally KEDA, from `tests/scripts/k8s-up.sh`.
 //! - [`prometheus`]: Debian's Prometheus (and promtool), and prometheus-operator's CRDs.
@@ -17,6 +19,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod ec2;
+pub mod fault;
 pub mod kafka;
 pub mod sqs;
 

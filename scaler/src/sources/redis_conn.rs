@@ -2,13 +2,14 @@
 //! endpoint identity they parse into, and one auto-reconnecting connection per endpoint.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{
-    ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError,
-    ServerErrorKind,
+    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+    RedisFuture, ServerErrorKind, Value,
 };
 
 use super::SourceError;
@@ -328,6 +329,77 @@ impl fmt::Debug for Login {
     }
 }
 
+/// A connection from [`RedisPool`]: commands go over the endpoint's shared
+/// [`ConnectionManager`]. A command that times out, or that its caller abandons at its deadline,
+/// marks the connection suspect, and the pool replaces it on its next use. The client library
+/// reconnects only on I/O errors, and a timeout is not one: a connection whose server went
+/// silent (a frozen or failed-over server, a half-open socket) would otherwise be used, and
+/// time out, until the kernel gave up on it — about 15 minutes (`tcp_retries2`) — after the
+/// server was back. A slow server costs a reconnect per timed-out read, bounded by the
+/// observation cache.
+#[derive(Clone)]
+pub struct PooledConnection {
+    manager: ConnectionManager,
+    suspect: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("suspect", &self.suspect.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marks its connection suspect when dropped armed: a command that did not complete.
+struct Pending(Arc<AtomicBool>, bool);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl PooledConnection {
+    fn watched<'a, T: Send + 'a>(
+        suspect: Arc<AtomicBool>,
+        call: RedisFuture<'a, T>,
+    ) -> RedisFuture<'a, T> {
+        Box::pin(async move {
+            let mut pending = Pending(suspect, true);
+            let r = call.await;
+            pending.1 = matches!(&r, Err(e) if e.is_timeout());
+            r
+        })
+    }
+}
+
+impl redis::aio::ConnectionLike for PooledConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let suspect = self.suspect.clone();
+        Self::watched(suspect, self.manager.req_packed_command(cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let suspect = self.suspect.clone();
+        Self::watched(
+            suspect,
+            self.manager.req_packed_commands(pipeline, offset, count),
+        )
+    }
+
+    fn get_db(&self) -> i64 {
+        self.manager.get_db()
+    }
+}
+
 /// One multiplexed, auto-reconnecting connection per endpoint. A [`ConnectionManager`]
 /// pipelines concurrent commands over one socket, so it serves as the pool.
 ///
@@ -339,7 +411,7 @@ impl fmt::Debug for Login {
 pub struct RedisPool {
     settings: RedisSettings,
     secrets: Arc<Secrets>,
-    managers: Mutex<BoundedMap<RedisEndpoint, (Login, ConnectionManager)>>,
+    managers: Mutex<BoundedMap<RedisEndpoint, (Login, PooledConnection)>>,
 }
 
 /// Redis connections kept at once (one per endpoint and database).
@@ -382,21 +454,26 @@ impl RedisPool {
     }
 
     /// The connection for `endpoint`, created lazily: the first command connects, and a
-    /// dropped connection is re-established in the background. Resolves the endpoint's
-    /// `...Secret` keys first (from the cache of watched Secrets).
+    /// dropped connection is re-established in the background; one whose last command timed
+    /// out is replaced (see [`PooledConnection`]). Resolves the endpoint's `...Secret` keys
+    /// first (from the cache of watched Secrets).
     pub async fn connection(
         &self,
         endpoint: &RedisEndpoint,
-    ) -> Result<ConnectionManager, SourceError> {
+    ) -> Result<PooledConnection, SourceError> {
         let login = self.login(endpoint).await?;
         let mut managers = self
             .managers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((made_with, m)) = managers.get(endpoint)
+        let mut timed_out = false;
+        if let Some((made_with, c)) = managers.get(endpoint)
             && *made_with == login
         {
-            return Ok(m.clone());
+            if !c.suspect.load(Ordering::Relaxed) {
+                return Ok(c.clone());
+            }
+            timed_out = true;
         }
         let client = endpoint
             .connection_info(&login)
@@ -409,13 +486,21 @@ impl RedisPool {
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| classify(endpoint, e))?;
+        let conn = PooledConnection {
+            manager,
+            suspect: Arc::default(),
+        };
         if managers
-            .insert(endpoint.clone(), (login, manager.clone()))
+            .insert(endpoint.clone(), (login, conn.clone()))
             .is_some()
         {
-            tracing::info!(%endpoint, "redis credentials changed; reconnecting");
+            if timed_out {
+                tracing::info!(%endpoint, "a redis command timed out; reconnecting");
+            } else {
+                tracing::info!(%endpoint, "redis credentials changed; reconnecting");
+            }
         }
-        Ok(manager)
+        Ok(conn)
     }
 
     /// A dedicated connection for keyspace notifications.
