@@ -285,13 +285,16 @@ mod tests {
         let few = with_gaps(&[30 * MIN; 9]);
         assert_eq!(few.decide(fallback, 3 * MIN).basis, Basis::FewSamples);
         assert_eq!(few.decide(fallback, 3 * MIN).keep_for, fallback);
-        let far = with_gaps(&[5 * 3600_000; 20]);
+        let far = with_gaps(&[5 * 3_600_000; 20]);
         assert_eq!(far.decide(fallback, 3 * MIN).basis, Basis::BeyondRange);
         // One gap in every bin: no percentile says anything.
         let spread: Vec<Millis> = (0..BINS as Millis).map(|b| b * MIN + 1).collect();
         let spread = with_gaps(&spread);
         let k = spread.decide(fallback, 3 * MIN);
-        assert_eq!((k.basis, k.keep_for, k.prewarm_after), (Basis::TooSpread, fallback, 0));
+        assert_eq!(
+            (k.basis, k.keep_for, k.prewarm_after),
+            (Basis::TooSpread, fallback, 0)
+        );
     }
 
     #[test]

@@ -399,11 +399,7 @@ impl KeepAliveStatus {
             prewarm_after: (decision.prewarm_after > 0).then(|| dur(decision.prewarm_after)),
             basis: decision.basis.as_str().into(),
             samples: decision.samples,
-            gaps: gaps
-                .bins
-                .iter()
-                .map(|&(b, c)| [u32::from(b), c])
-                .collect(),
+            gaps: gaps.bins.iter().map(|&(b, c)| [u32::from(b), c]).collect(),
             gaps_beyond_range: gaps.beyond_range,
             idle_since_unix_ms: gaps.idle_since,
             busy_since_unix_ms: gaps.busy_since,

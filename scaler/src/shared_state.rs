@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
+use crate::sources::redis_conn::PooledConnection;
+
 /// Prefix of every key this module writes to Redis.
 pub const KEY_PREFIX: &str = "headroom:";
 
@@ -160,7 +162,9 @@ pub struct RedisStore {
     endpoint: String,
     timeout: Duration,
     client: redis::Client,
-    conn: tokio::sync::OnceCell<ConnectionManager>,
+    /// Made on first use, and again after a command on it timed out (see
+    /// [`PooledConnection`]: the client library would keep a silent connection).
+    conn: std::sync::Mutex<Option<PooledConnection>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -191,28 +195,33 @@ impl RedisStore {
             endpoint,
             timeout,
             client,
-            conn: tokio::sync::OnceCell::new(),
+            conn: std::sync::Mutex::new(None),
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StateError> {
-        let conn = self
+    async fn connection(&self) -> Result<PooledConnection, StateError> {
+        let mut conn = self
             .conn
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(
-                    |source| StateError::Redis {
-                        endpoint: self.endpoint.clone(),
-                        source,
-                    },
-                )
-            })
-            .await?;
-        Ok(conn.clone())
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = conn.as_ref()
+            && !c.is_suspect()
+        {
+            return Ok(c.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            .map_err(|source| StateError::Redis {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
+        let c = PooledConnection::new(manager);
+        *conn = Some(c.clone());
+        Ok(c)
     }
 
     fn bounded<T>(

@@ -41,6 +41,9 @@ fn generated_traces_have_the_declared_shapes() {
     let at: Vec<usize> = (0..sparse.arrivals.len())
         .filter(|&i| sparse.arrivals[i] > 0.0)
         .collect();
-    assert!(at.windows(2).all(|w| (4..=30).contains(&(w[1] - w[0]))), "gaps in minutes");
+    assert!(
+        at.windows(2).all(|w| (4..=30).contains(&(w[1] - w[0]))),
+        "gaps in minutes"
+    );
     assert!(at.len() > 500 && at.len() < 1000, "{} jobs", at.len());
 }

@@ -64,7 +64,10 @@ fn args() -> Args {
             other => panic!("unknown flag {other}"),
         }
     }
-    assert!(a.queues > 0 && a.triggers > 0, "--triggers and --queues must be > 0");
+    assert!(
+        a.queues > 0 && a.triggers > 0,
+        "--triggers and --queues must be > 0"
+    );
     a.push = a.push.min(a.triggers);
     a
 }
@@ -120,7 +123,10 @@ async fn main() {
                 .unwrap();
         }
     }
-    let bin = a.scaler.clone().unwrap_or_else(|| workspace_bin("headroom-scaler"));
+    let bin = a
+        .scaler
+        .clone()
+        .unwrap_or_else(|| workspace_bin("headroom-scaler"));
     let grpc = free_port();
     let metrics = free_port();
     let mut child = Command::new(&bin)
@@ -141,7 +147,11 @@ async fn main() {
     let channel = {
         let started = Instant::now();
         loop {
-            match Channel::from_shared(endpoint.clone()).unwrap().connect().await {
+            match Channel::from_shared(endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
                 Ok(c) => break c,
                 Err(e) if started.elapsed() < Duration::from_secs(30) => {
                     let _ = e;

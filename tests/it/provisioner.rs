@@ -1752,7 +1752,10 @@ async fn scale_down_after_auto_learns_idle_gaps_into_the_status() {
     })
     .await
     .unwrap();
-    assert_eq!((busy.basis.as_str(), busy.keep_for.as_str()), ("FewSamples", "10m"));
+    assert_eq!(
+        (busy.basis.as_str(), busy.keep_for.as_str()),
+        ("FewSamples", "10m")
+    );
     assert!(busy.onset_replicas > 0, "{busy:?}");
 
     clear_jobs(&redis).await;

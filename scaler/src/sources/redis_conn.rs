@@ -363,6 +363,19 @@ impl Drop for Pending {
 }
 
 impl PooledConnection {
+    /// Wraps a connection of one's own (the shared-state store's).
+    pub fn new(manager: ConnectionManager) -> Self {
+        Self {
+            manager,
+            suspect: Arc::default(),
+        }
+    }
+
+    /// Its last command timed out or was abandoned: replace it.
+    pub fn is_suspect(&self) -> bool {
+        self.suspect.load(Ordering::Relaxed)
+    }
+
     fn watched<'a, T: Send + 'a>(
         suspect: Arc<AtomicBool>,
         call: RedisFuture<'a, T>,
@@ -470,7 +483,7 @@ impl RedisPool {
         if let Some((made_with, c)) = managers.get(endpoint)
             && *made_with == login
         {
-            if !c.suspect.load(Ordering::Relaxed) {
+            if !c.is_suspect() {
                 return Ok(c.clone());
             }
             timed_out = true;
@@ -486,10 +499,7 @@ impl RedisPool {
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| classify(endpoint, e))?;
-        let conn = PooledConnection {
-            manager,
-            suspect: Arc::default(),
-        };
+        let conn = PooledConnection::new(manager);
         if managers
             .insert(endpoint.clone(), (login, conn.clone()))
             .is_some()
