@@ -102,10 +102,16 @@ cargo_profile=()
 [ "$profile" = release ] && cargo_profile=(--release)
 
 if $build; then
-    pkgs=()
-    for n in "${names[@]}"; do pkgs+=(-p "headroom-$n"); done
-    step "cargo build ${cargo_profile[*]} ${pkgs[*]}"
-    cargo build "${cargo_profile[@]}" --locked "${pkgs[@]}"
+    if [ "$profile" = debug ]; then
+        # Exactly the test command's build: the same feature set, so nothing compiles twice.
+        step "cargo build --workspace --all-targets (the test build)"
+        cargo build --workspace --all-targets --locked
+    else
+        pkgs=()
+        for n in "${names[@]}"; do pkgs+=(-p "headroom-$n"); done
+        step "cargo build --release ${pkgs[*]}"
+        cargo build --release --locked "${pkgs[@]}"
+    fi
     if [[ " ${names[*]} " == *" provisioner "* ]]; then
         step "cargo build headroom-warm, static (crt-static, --target $host_target)"
         RUSTFLAGS='-C target-feature=+crt-static' \
@@ -145,7 +151,9 @@ for n in "${names[@]}"; do
     stage_libs "$bin" "$ctx/$n"
     if [ "$n" = provisioner ]; then
         [ -x "$warm_bin" ] || die "$warm_bin is missing: run without --no-build"
-        if ldd "$warm_bin" >/dev/null 2>&1; then
+        # ldd says "statically linked" (static-pie) or "not a dynamic executable" for a
+        # static binary, and names libraries otherwise.
+        if ldd "$warm_bin" 2>&1 | grep -q '=>'; then
             die "$warm_bin is dynamically linked; it must be static to run in other images"
         fi
         cp "$warm_bin" "$ctx/$n/usr/local/bin/"
