@@ -8,7 +8,10 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: the system's monotonic clock, or a test's paused one.
+use tokio::time::Instant;
 
 use crate::metrics;
 

@@ -6,9 +6,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
+// tokio's clock (the system's monotonic clock, or the test's paused one), so that the TTL,
+// coalescing and deadlines are tested on virtual time.
+use tokio::time::Instant;
 
 use crate::cache::BoundedMap;
 use crate::metrics;
@@ -48,6 +51,28 @@ pub struct Observations {
     limits: Mutex<BoundedMap<String, Arc<Semaphore>>>,
     /// Backend reads started, for tests and benchmarks (the metrics say the same per source).
     reads: AtomicU64,
+    /// Unit tests: reads go here instead of to a backend.
+    #[cfg(test)]
+    fake: Option<FakeRead>,
+}
+
+#[cfg(test)]
+type ReadFn = dyn Fn(
+        Query,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Depth, SourceError>> + Send>>
+    + Send
+    + Sync;
+
+#[cfg(test)]
+#[derive(Clone)]
+struct FakeRead(Arc<ReadFn>);
+
+#[cfg(test)]
+impl std::fmt::Debug for FakeRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FakeRead")
+    }
 }
 
 /// Concurrent reads per backend endpoint.
@@ -77,6 +102,8 @@ impl Observations {
                 Duration::from_secs(600),
             )),
             reads: AtomicU64::new(0),
+            #[cfg(test)]
+            fake: None,
         }
     }
 
@@ -118,8 +145,7 @@ impl Observations {
             return self.read(query, deadline).await.map(|d| (d, at));
         }
         let slot = self.slot(query);
-        let Ok(mut reading) = tokio::time::timeout_at(deadline.into(), slot.reading.lock()).await
-        else {
+        let Ok(mut reading) = tokio::time::timeout_at(deadline, slot.reading.lock()).await else {
             return Err(self.timed_out(query));
         };
         if let Some(r) = reading.as_ref().filter(|r| r.started.elapsed() < self.ttl) {
@@ -209,20 +235,28 @@ impl Observations {
                 .get_or_insert_with(&endpoint, || Arc::new(Semaphore::new(READS_PER_ENDPOINT)))
                 .clone()
         };
-        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline.into(), limit.acquire_owned()).await
-        else {
+        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, limit.acquire_owned()).await else {
             metrics::backend_read(kind, Duration::ZERO, Some(&timed_out()));
             return Err(timed_out());
         };
         self.reads.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        let result =
-            match tokio::time::timeout_at(deadline.into(), query.read(&self.backends, deadline))
-                .await
-            {
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            return match tokio::time::timeout_at(deadline, (fake.0)(query.clone())).await {
                 Ok(r) => r,
                 Err(_) => Err(timed_out()),
             };
+        }
+        let result = match tokio::time::timeout_at(
+            deadline,
+            query.read(&self.backends, deadline.into_std()),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(timed_out()),
+        };
         metrics::backend_read(kind, start.elapsed(), result.as_ref().err());
         result
     }
@@ -256,5 +290,149 @@ impl Observations {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The TTL, coalescing, deadlines and sweeps on paused (virtual) time, with a fake read
+    //! that takes a set time and counts itself.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::metadata::md;
+    use crate::trigger::Trigger;
+
+    fn query(list: &str) -> Query {
+        Trigger::parse(&md(&[
+            ("source", "redis-list"),
+            ("address", "never-contacted:6379"),
+            ("listName", list),
+        ]))
+        .unwrap()
+        .query()
+    }
+
+    /// Observations whose every read takes `takes` and answers `waiting` = reads so far.
+    fn observations(ttl: Duration, timeout: Duration, takes: Duration) -> Arc<Observations> {
+        let mut o = Observations::new(Arc::new(Backends::default()), ttl, timeout);
+        let count = Arc::new(AtomicU64::new(0));
+        o.fake = Some(FakeRead(Arc::new(move |_q| {
+            let count = count.clone();
+            Box::pin(async move {
+                tokio::time::sleep(takes).await;
+                let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                Ok(Depth::simple(n, 0))
+            })
+        })));
+        Arc::new(o)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reading_answers_for_the_ttl_then_the_next_call_reads_again() {
+        let o = observations(
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::ZERO,
+        );
+        let q = query("a");
+        assert_eq!(o.get(&q).await.unwrap().waiting, 1);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(o.get(&q).await.unwrap().waiting, 1, "within the TTL");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            o.get(&q).await.unwrap().waiting,
+            2,
+            "at the TTL: read again"
+        );
+        assert_eq!(o.backend_reads(), 2);
+        // Another query has its own reading.
+        assert_eq!(o.get(&query("b")).await.unwrap().waiting, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_calls_wait_for_one_read_in_progress() {
+        let o = observations(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_millis(300),
+        );
+        let q = query("a");
+        let started = Instant::now();
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let (o, q) = (o.clone(), q.clone());
+                tokio::spawn(async move { o.get(&q).await.unwrap().waiting })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap(), 1);
+        }
+        assert_eq!(o.backend_reads(), 1);
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_slower_than_the_deadline_is_a_timeout_at_the_deadline() {
+        let o = observations(
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        );
+        let started = Instant::now();
+        let e = o.get(&query("a")).await.unwrap_err();
+        assert!(matches!(e, SourceError::Timeout { .. }), "{e:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // A call that waits for another's read gives up at its own deadline, not the read's.
+        let (o2, q) = (o.clone(), query("b"));
+        let first = tokio::spawn(async move { o2.get(&q).await });
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        let e = o
+            .get_by(&query("b"), Instant::now() + Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SourceError::Timeout { .. }), "{e:?}");
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert!(first.await.unwrap().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_read_answers_for_the_ttl_too_and_is_never_a_zero() {
+        let mut o = Observations::new(
+            Arc::new(Backends::default()),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        o.fake = Some(FakeRead(Arc::new(|_q| {
+            Box::pin(async {
+                Err(SourceError::Timeout {
+                    endpoint: "r".into(),
+                    after: Duration::from_secs(1),
+                })
+            })
+        })));
+        let q = query("a");
+        assert!(o.get(&q).await.is_err());
+        assert!(o.get(&q).await.is_err());
+        assert_eq!(o.backend_reads(), 1, "the failure is cached like a reading");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweeps_forget_queries_idle_for_the_given_time_only() {
+        let o = observations(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Duration::ZERO,
+        );
+        o.get(&query("old")).await.unwrap();
+        tokio::time::advance(Duration::from_secs(50)).await;
+        o.get(&query("new")).await.unwrap();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(o.sweep(Duration::from_secs(60)), 1, "old: 70 s idle");
+        assert_eq!(o.len(), 1);
+        tokio::time::advance(Duration::from_secs(41)).await;
+        assert_eq!(o.sweep(Duration::from_secs(60)), 1, "new: 61 s idle");
+        assert!(o.is_empty());
     }
 }

@@ -137,7 +137,7 @@ async fn main() {
             "--metrics-addr",
             &format!("127.0.0.1:{metrics}"),
         ])
-        .env("RUST_LOG", "warn")
+        .env("HEADROOM_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
