@@ -205,7 +205,7 @@ impl Scaler {
             observed_at = observed_at.max(unix_seconds(read_at));
             d.waiting = depth.waiting as f64;
             d.in_flight = depth.in_flight as f64;
-            let _ = tokio::time::timeout_at(deadline.into(), self.restore_history(&trigger)).await;
+            let _ = tokio::time::timeout_at(deadline, self.restore_history(&trigger)).await;
             match trigger.planned() {
                 Some(config) => {
                     let a = self.plans().answer(

@@ -161,9 +161,7 @@ impl Scaler {
             .await
             .map_err(source_error)?;
         let persistent =
-            match tokio::time::timeout_at(deadline.into(), self.persistent(r, trigger, &depth))
-                .await
-            {
+            match tokio::time::timeout_at(deadline, self.persistent(r, trigger, &depth)).await {
                 Ok(p) => p.map_err(source_error)?,
                 Err(_) => {
                     return Err(source_error(SourceError::Timeout {
@@ -180,7 +178,7 @@ impl Scaler {
         );
         // Only what is left of the deadline: a slow history store costs the learned history
         // (the answer starts reactive), never the answer.
-        let _ = tokio::time::timeout_at(deadline.into(), self.restore_history(trigger)).await;
+        let _ = tokio::time::timeout_at(deadline, self.restore_history(trigger)).await;
         let answer = self.evaluate(trigger, &depth, &persistent, read_at);
         if trigger.planned().is_some() {
             metrics::desired_replicas(
