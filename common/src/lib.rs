@@ -89,6 +89,26 @@ pub fn parse_cli<C: clap::Parser>() -> Result<C, std::process::ExitCode> {
     })
 }
 
+/// How often [`spawn_metrics_upkeep`] drains the recorder.
+pub const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the Prometheus recorder's upkeep every [`METRICS_UPKEEP`] for as long as the runtime
+/// lives. The recorder keeps every histogram sample until it is drained; a render (a scrape)
+/// drains them, so without this a scaler nobody scrapes grows by every RPC's latency sample
+/// (measured: about 1 MiB per 20 s at KEDA's rate for 1 000 triggers, without end).
+pub fn spawn_metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
 /// The HTTP endpoints both programs serve: `/metrics` (`metrics` rendered, or an empty page
 /// when `None`), `/healthz` (the process answers), and `/readyz`, which is 200 `ready` while
 /// `ready()` is `Ok` and 503 with its reason otherwise.

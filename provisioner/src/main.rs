@@ -109,6 +109,7 @@ async fn run(args: ServeArgs) -> ExitCode {
     };
     metrics::describe();
     metrics::leader(false);
+    headroom_common::spawn_metrics_upkeep(handle.clone());
     let running = match serve::start(config, client, Some(handle)).await {
         Ok(r) => r,
         Err(e) => {

@@ -55,6 +55,7 @@ async fn serve(args: server::ServeArgs) -> ExitCode {
         }
     };
     metrics::describe();
+    headroom_common::spawn_metrics_upkeep(handle.clone());
     let running = match server::start(config, Some(handle)).await {
         Ok(r) => r,
         Err(e) => {
