@@ -697,11 +697,15 @@ async fn observe_and_act(
                 true,
                 failure.reason(),
                 format!(
-                    "{n} consecutive unit(s) failed to come up (last: {id}, {}); nothing is created until {}",
+                    "{n} consecutive unit(s) failed to come up (last: {id}, {}{}); nothing is created until {}",
                     match failure {
                         launches::Failure::LaunchFailed => "deleted before it was ready",
                         launches::Failure::NotInitialized => "not ready in time, removed",
                     },
+                    v.failing_error
+                        .as_deref()
+                        .map(|e| format!("; the platform said {e}"))
+                        .unwrap_or_default(),
                     rfc3339(v.retry_at)
                 ),
             ),

@@ -46,9 +46,13 @@ struct State {
     pending: HashSet<String>,
     /// Units Headroom removed itself (their vanishing is no failure).
     removed: HashSet<String>,
+    /// What the platform last said about each pending unit ([`Unit::launch_error`]).
+    errors: HashMap<String, String>,
     failures: u32,
     retry_at: Millis,
     last: Option<(Failure, String)>,
+    /// What the platform said about the last failed unit, if anything.
+    last_error: Option<String>,
 }
 
 /// What one pass learns about failing capacity.
@@ -62,6 +66,9 @@ pub struct Verdict {
     pub retry_at: Millis,
     /// Consecutive failures, and the last one, while backing off.
     pub failing: Option<(u32, Failure, String)>,
+    /// What the platform said about that last one (a NodeClaim's `Launched=False` reason), if
+    /// it said anything before the unit went.
+    pub failing_error: Option<String>,
 }
 
 /// Per-policy launch state; one entry per policy the loop reconciles, dropped on deletion.
@@ -84,6 +91,7 @@ impl Launches {
         let s = self.0.entry(key.clone()).or_default();
         let present: HashSet<&str> = units.iter().map(|u| u.id.as_str()).collect();
         let mut new_failures = Vec::new();
+        let mut errors: Vec<Option<String>> = Vec::new();
         let mut vanished: Vec<&String> = s
             .pending
             .iter()
@@ -92,6 +100,7 @@ impl Launches {
         vanished.sort();
         for id in vanished {
             new_failures.push((Failure::LaunchFailed, id.clone()));
+            errors.push(s.errors.get(id).cloned());
         }
         let mut give_up: Vec<String> = units
             .iter()
@@ -101,6 +110,12 @@ impl Launches {
         give_up.sort();
         for id in &give_up {
             new_failures.push((Failure::NotInitialized, id.clone()));
+            errors.push(
+                units
+                    .iter()
+                    .find(|u| &u.id == id)
+                    .and_then(|u| u.launch_error.clone()),
+            );
         }
         if units
             .iter()
@@ -110,16 +125,23 @@ impl Launches {
             s.failures = 0;
             s.retry_at = 0;
             s.last = None;
+            s.last_error = None;
         }
         if let Some(last) = new_failures.last() {
             s.failures = s.failures.saturating_add(new_failures.len() as u32);
             s.retry_at = now.saturating_add(backoff(s.failures));
             s.last = Some(last.clone());
+            s.last_error = errors.last().cloned().flatten();
         }
         s.pending = units
             .iter()
             .filter(|u| !u.ready && !give_up.contains(&u.id))
             .map(|u| u.id.clone())
+            .collect();
+        s.errors = units
+            .iter()
+            .filter(|u| s.pending.contains(&u.id))
+            .filter_map(|u| Some((u.id.clone(), u.launch_error.clone()?)))
             .collect();
         s.removed.retain(|id| present.contains(id.as_str()));
         let failing = match &s.last {
@@ -130,6 +152,7 @@ impl Launches {
             give_up,
             new_failures,
             retry_at: s.retry_at,
+            failing_error: failing.as_ref().and(s.last_error.clone()),
             failing,
         }
     }
@@ -164,6 +187,29 @@ mod tests {
         assert_eq!(backoff(5), 480_000);
         assert_eq!(backoff(6), MAX_BACKOFF_MS);
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF_MS);
+    }
+
+    #[test]
+    fn a_failed_launch_carries_what_the_platform_last_said_about_it() {
+        let mut l = Launches::default();
+        let mut a = unit("a", "g5.xlarge");
+        l.acted(&key(), &[], std::slice::from_ref(&a));
+        a.launch_error = Some("Launched=False InsufficientCapacityError: no g5".into());
+        let v = l.observe(&key(), std::slice::from_ref(&a), 1_000);
+        assert_eq!(v.failing_error, None, "not failed yet");
+        let v = l.observe(&key(), &[], 2_000);
+        assert_eq!(v.new_failures, vec![(Failure::LaunchFailed, "a".into())]);
+        assert_eq!(
+            v.failing_error.as_deref(),
+            Some("Launched=False InsufficientCapacityError: no g5")
+        );
+        // A unit that comes up clears it.
+        let mut b = unit("b", "g5.xlarge");
+        l.acted(&key(), &[], std::slice::from_ref(&b));
+        l.observe(&key(), std::slice::from_ref(&b), 3_000);
+        b.ready = true;
+        let v = l.observe(&key(), std::slice::from_ref(&b), 4_000);
+        assert_eq!((v.failing, v.failing_error), (None, None));
     }
 
     #[test]

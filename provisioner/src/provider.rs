@@ -81,7 +81,14 @@ pub struct Unit {
     /// The [`crate::warm::images_hash`] of the workload images the unit is known to hold
     /// (the `headroom.dev/images` annotation), if any.
     pub images: Option<String>,
+    /// Why the platform says it is not up yet, when it says (a NodeClaim's `Launched=False`
+    /// or `Registered=False` reason and message, at most [`MAX_LAUNCH_ERROR`] bytes): kept by
+    /// the launch tracker, so a unit the platform then deletes is reported with the cause.
+    pub launch_error: Option<String>,
 }
+
+/// The longest [`Unit::launch_error`] kept.
+pub const MAX_LAUNCH_ERROR: usize = 300;
 
 /// Everything a provider holds for a policy, as the limits count it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -263,6 +270,7 @@ pub(crate) mod fixtures {
             hourly_price: 0.0,
             gpus: None,
             images: None,
+            launch_error: None,
         }
     }
 }

@@ -378,6 +378,7 @@ impl Ec2Provider {
                     hourly_price: self.price_of(ty),
                     gpus: None,
                     images: None,
+                    launch_error: None,
                 });
             }
             remaining = want.saturating_sub(units.len());
@@ -1023,6 +1024,7 @@ pub fn unit_of(
         // Known from the type (the controller looks it up in spec.ec2.instanceTypes).
         gpus: None,
         images: None,
+        launch_error: None,
         instance_type,
     })
 }

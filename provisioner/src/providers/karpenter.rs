@@ -267,7 +267,28 @@ pub fn to_unit(obj: &Value, prices: &[(String, f64)]) -> Unit {
         images: meta["annotations"][crate::warm::IMAGES_ANNOTATION]
             .as_str()
             .map(String::from),
+        launch_error: launch_error(obj),
     }
+}
+
+/// `Launched=False` or `Registered=False` on a NodeClaim: its reason and message (Karpenter's
+/// own words, e.g. `InsufficientCapacityError`), bounded.
+fn launch_error(obj: &Value) -> Option<String> {
+    ["Launched", "Registered"].iter().find_map(|kind| {
+        let c = condition(obj, kind).filter(|c| c["status"] == "False")?;
+        let reason = c["reason"].as_str().unwrap_or("");
+        let message = c["message"].as_str().unwrap_or("");
+        let mut text = format!("{kind}=False {reason}: {message}");
+        if text.len() > crate::provider::MAX_LAUNCH_ERROR {
+            let mut end = crate::provider::MAX_LAUNCH_ERROR;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        Some(text)
+    })
 }
 
 /// NodeClaims for one policy's `spec.karpenter`.
@@ -603,6 +624,35 @@ mod tests {
         assert_eq!(to_unit(&claim, &[]).gpus, Some(4));
         let pending = json!({"metadata": {"name": "c"}});
         assert_eq!(to_unit(&pending, &[]).gpus, None);
+    }
+
+    #[test]
+    fn launched_false_is_kept_with_karpenters_reason_and_bounded() {
+        let claim = |message: &str| {
+            json!({
+                "metadata": {"name": "c", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "status": {"conditions": [
+                    {"type": "Launched", "status": "False", "reason": "InsufficientCapacityError",
+                     "message": message, "lastTransitionTime": "2026-01-01T00:00:05Z"},
+                    {"type": "Initialized", "status": "Unknown"},
+                ]},
+            })
+        };
+        assert_eq!(
+            to_unit(&claim("all requested instance types were unavailable"), &[]).launch_error,
+            Some(
+                "Launched=False InsufficientCapacityError: all requested instance types were unavailable"
+                    .into()
+            )
+        );
+        let long = to_unit(&claim(&"é".repeat(5_000)), &[])
+            .launch_error
+            .unwrap();
+        assert!(long.len() <= crate::provider::MAX_LAUNCH_ERROR + '…'.len_utf8());
+        assert!(long.ends_with('…'));
+        let launched = json!({"metadata": {"name": "c"}, "status": {"conditions": [
+            {"type": "Launched", "status": "True"}]}});
+        assert_eq!(to_unit(&launched, &[]).launch_error, None);
     }
 
     #[test]

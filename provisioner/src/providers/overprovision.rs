@@ -286,6 +286,7 @@ fn unit_of(pod: &Pod) -> Unit {
         hourly_price: 0.0,
         gpus: None,
         images: None,
+        launch_error: None,
     }
 }
 
@@ -404,6 +405,7 @@ impl CapacityProvider for OverprovisionProvider {
                 hourly_price: 0.0,
                 gpus: Some(request.shape.gpus),
                 images: None,
+                launch_error: None,
             })
             .collect())
     }
