@@ -216,6 +216,40 @@ impl IdleGaps {
     }
 }
 
+/// One reconcile's keep-alive: the decision, and what the plan gets from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub decision: KeepAlive,
+    /// The plan's `scale_down_after`.
+    pub scale_down_after: Millis,
+    /// A demand point to add to the plan's forecast (the pre-warm).
+    pub prewarm: Option<Want>,
+}
+
+impl IdleGaps {
+    /// Observes `wanted` (`None`: the reading is incomplete — a missing reading is not a zero,
+    /// so it is left out), decides and applies: what the controller and the simulator run at
+    /// every plan.
+    pub fn step(
+        &mut self,
+        now: Millis,
+        wanted: Option<u32>,
+        fallback: Millis,
+        lead: Millis,
+    ) -> Step {
+        if let Some(w) = wanted {
+            self.observe(now, w);
+        }
+        let decision = self.decide(fallback, lead);
+        let (scale_down_after, prewarm) = decision.apply(self, now);
+        Step {
+            decision,
+            scale_down_after,
+            prewarm,
+        }
+    }
+}
+
 impl KeepAlive {
     /// What the plan gets at `now`: its `scale_down_after`, and a demand point to add to its
     /// forecast (the pre-warm: the last burst's onset replicas, from the pre-warm point to the
@@ -337,6 +371,17 @@ mod tests {
         // Busy again: the keep-alive holds through dips.
         g.observe(70 * MIN, 1);
         assert_eq!(k.apply(&g, 71 * MIN), (k.keep_for, None));
+    }
+
+    #[test]
+    fn a_step_leaves_an_incomplete_reading_out() {
+        let mut g = IdleGaps::default();
+        g.step(0, Some(3), 10 * MIN, 3 * MIN);
+        let s = g.step(MIN, None, 10 * MIN, 3 * MIN);
+        assert_eq!(g.busy_since, Some(0), "no reading is not a zero");
+        assert_eq!((s.scale_down_after, s.prewarm), (10 * MIN, None));
+        g.step(2 * MIN, Some(0), 10 * MIN, 3 * MIN);
+        assert_eq!(g.idle_since, Some(2 * MIN));
     }
 
     #[test]

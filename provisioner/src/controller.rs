@@ -883,28 +883,24 @@ async fn observe_and_act(
     let lead_ms = millis_of(lead);
     // `scaleDownAfter: auto`: the keep-alive learned from the idle gaps kept in the status. A
     // reading with an unreadable trigger is not a zero: it is left out of the gaps.
-    let mut scale_down_ms = millis_of(fixed_scale_down);
-    let mut scale_down_text = spec.scale_down_after.clone();
-    if scale_down == ScaleDown::Auto {
-        let mut gaps = policy
-            .status
-            .as_ref()
-            .and_then(|s| s.keep_alive.as_ref())
-            .map(KeepAliveStatus::gaps)
-            .unwrap_or_default();
-        if unreadable.is_none() {
-            gaps.observe(now, answer.desired_replicas);
+    let (scale_down_ms, scale_down_text) = match scale_down {
+        ScaleDown::After(d) => (millis_of(d), spec.scale_down_after.clone()),
+        ScaleDown::Auto => {
+            let mut gaps = policy
+                .status
+                .as_ref()
+                .and_then(|s| s.keep_alive.as_ref())
+                .map(KeepAliveStatus::gaps)
+                .unwrap_or_default();
+            let wanted = unreadable.is_none().then_some(answer.desired_replicas);
+            let step = gaps.step(now, wanted, millis_of(AUTO_FALLBACK), lead_ms);
+            forecast.extend(step.prewarm);
+            let status = KeepAliveStatus::new(&gaps, &step.decision);
+            let text = format!("{} (auto, {})", status.keep_for, status.basis);
+            report.keep_alive = Some(status);
+            (step.scale_down_after, text)
         }
-        let decision = gaps.decide(millis_of(AUTO_FALLBACK), lead_ms);
-        let (after, prewarm) = decision.apply(&gaps, now);
-        scale_down_ms = after;
-        if let Some(w) = prewarm {
-            forecast.push(w);
-        }
-        let status = KeepAliveStatus::new(&gaps, &decision);
-        scale_down_text = format!("{} (auto, {})", status.keep_for, status.basis);
-        report.keep_alive = Some(status);
-    }
+    };
     let mut extra = plan::Extra {
         hold_all: unreadable.is_some(),
         owned_costs,
@@ -1776,7 +1772,7 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
         capacity_mode: report.capacity_mode.or(old.capacity_mode),
         // Kept while the policy is on `auto` (a pass that did not reach the plan keeps the last
         // state), dropped once it is not.
-        keep_alive: if spec_is_auto(policy) {
+        keep_alive: if policy.spec.scale_down_is_auto() {
             report.keep_alive.clone().or(old.keep_alive)
         } else {
             None
@@ -1807,10 +1803,6 @@ async fn write_status(policy: &PrewarmPolicy, ctx: &Context, report: &Report) ->
     )
     .await?;
     Ok(())
-}
-
-fn spec_is_auto(policy: &PrewarmPolicy) -> bool {
-    policy.spec.scale_down_after == "auto"
 }
 
 /// What the warm pass found.

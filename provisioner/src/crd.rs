@@ -116,6 +116,11 @@ impl PrewarmPolicySpec {
     /// `leadTime` and `scaleDownAfter`, parsed and bounded by [`MAX_DURATION`]: whatever they
     /// say, the arithmetic on them afterwards (twice the lead time, milliseconds as `i64`)
     /// cannot overflow.
+    /// `scaleDownAfter: auto`.
+    pub fn scale_down_is_auto(&self) -> bool {
+        self.scale_down_after == "auto"
+    }
+
     pub fn durations(&self) -> Result<SpecDurations, SpecError> {
         let parse = |field: &'static str, value: &str| {
             let d = parse_duration(value).ok_or_else(|| SpecError::NotADuration {
@@ -132,7 +137,7 @@ impl PrewarmPolicySpec {
         };
         Ok(SpecDurations {
             lead_time: parse("leadTime", &self.lead_time)?,
-            scale_down_after: if self.scale_down_after == "auto" {
+            scale_down_after: if self.scale_down_is_auto() {
                 ScaleDown::Auto
             } else {
                 ScaleDown::After(parse("scaleDownAfter", &self.scale_down_after)?)
@@ -146,7 +151,7 @@ fn default_lead_time() -> String {
 }
 
 fn default_scale_down_after() -> String {
-    "10m".into()
+    headroom_common::format_duration(AUTO_FALLBACK)
 }
 
 /// A reference to an object in the policy's namespace.

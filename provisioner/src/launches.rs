@@ -91,7 +91,8 @@ impl Launches {
         let s = self.0.entry(key.clone()).or_default();
         let present: HashSet<&str> = units.iter().map(|u| u.id.as_str()).collect();
         let mut new_failures = Vec::new();
-        let mut errors: Vec<Option<String>> = Vec::new();
+        // What the platform said about the last of this pass's failures.
+        let mut last_error = None;
         let mut vanished: Vec<&String> = s
             .pending
             .iter()
@@ -100,7 +101,7 @@ impl Launches {
         vanished.sort();
         for id in vanished {
             new_failures.push((Failure::LaunchFailed, id.clone()));
-            errors.push(s.errors.get(id).cloned());
+            last_error = s.errors.get(id).cloned();
         }
         let mut give_up: Vec<String> = units
             .iter()
@@ -110,12 +111,10 @@ impl Launches {
         give_up.sort();
         for id in &give_up {
             new_failures.push((Failure::NotInitialized, id.clone()));
-            errors.push(
-                units
-                    .iter()
-                    .find(|u| &u.id == id)
-                    .and_then(|u| u.launch_error.clone()),
-            );
+            last_error = units
+                .iter()
+                .find(|u| &u.id == id)
+                .and_then(|u| u.launch_error.clone());
         }
         if units
             .iter()
@@ -131,7 +130,7 @@ impl Launches {
             s.failures = s.failures.saturating_add(new_failures.len() as u32);
             s.retry_at = now.saturating_add(backoff(s.failures));
             s.last = Some(last.clone());
-            s.last_error = errors.last().cloned().flatten();
+            s.last_error = last_error;
         }
         s.pending = units
             .iter()

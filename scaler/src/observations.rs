@@ -241,24 +241,22 @@ impl Observations {
         };
         self.reads.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        #[cfg(test)]
-        if let Some(fake) = &self.fake {
-            return match tokio::time::timeout_at(deadline, (fake.0)(query.clone())).await {
+        let result =
+            match tokio::time::timeout_at(deadline, self.backend_read(query, deadline)).await {
                 Ok(r) => r,
                 Err(_) => Err(timed_out()),
             };
-        }
-        let result = match tokio::time::timeout_at(
-            deadline,
-            query.read(&self.backends, deadline.into_std()),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(timed_out()),
-        };
         metrics::backend_read(kind, start.elapsed(), result.as_ref().err());
         result
+    }
+
+    /// The read itself: the query's backend, or a unit test's fake.
+    async fn backend_read(&self, query: &Query, deadline: Instant) -> Result<Depth, SourceError> {
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            return (fake.0)(query.clone()).await;
+        }
+        query.read(&self.backends, deadline.into_std()).await
     }
 
     /// Forgets queries nobody asked about for `idle`, so 10 000 short-lived triggers do not

@@ -167,12 +167,15 @@ impl Prewarm {
         let desired_now = planner.desired_now(now);
         let mut scale_down_after = ms(self.settings.scale_down_after_seconds);
         if self.settings.keep_alive_auto {
-            self.gaps.observe(ms(now), desired_now);
-            let k = self.gaps.decide(scale_down_after, ms(self.lead_seconds));
-            let (after, prewarm) = k.apply(&self.gaps, ms(now));
-            scale_down_after = after;
-            self.stats.keep_alive_learned += u64::from(k.basis == Basis::Learned);
-            if let Some(w) = prewarm {
+            let step = self.gaps.step(
+                ms(now),
+                Some(desired_now),
+                scale_down_after,
+                ms(self.lead_seconds),
+            );
+            scale_down_after = step.scale_down_after;
+            self.stats.keep_alive_learned += u64::from(step.decision.basis == Basis::Learned);
+            if let Some(w) = step.prewarm {
                 self.stats.prewarms += 1;
                 forecast.push(w);
             }
